@@ -1,0 +1,1 @@
+"""Batcher service: takes requests off NATS, forms dynamic batches per model, dispatches to workers."""

@@ -1,0 +1,179 @@
+"""The batcher service: NATS in (queue group), dynamic batches out to worker instances over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from meshserve import subjects
+from meshserve.errors import MeshError, Unavailable
+from meshserve.lifecycle import install_stop_signals
+from meshserve.logs import announce_ready
+from meshserve.messaging import connect_nats
+from meshserve.pb import mesh_pb2
+from meshserve.settings import BatcherSettings
+from batcher.link import InFlight, InstanceLink
+from batcher.policy import Pending
+from batcher.registry import rules_from_announcement, signature_of
+from batcher.scheduler import ModelScheduler, Queued
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Batcher", "run"]
+
+ModelKey = tuple[str, int]
+
+
+class Batcher:
+    def __init__(self, settings: BatcherSettings, nc: Client, tg: asyncio.TaskGroup) -> None:
+        self._settings = settings
+        self._nc = nc
+        self._tg = tg
+        self._schedulers: dict[ModelKey, ModelScheduler] = {}
+        self._last_seen: dict[str, tuple[ModelKey, float]] = {}
+
+    async def start(self) -> None:
+        await self._nc.subscribe(subjects.worker_announce(), cb=self._on_announce)
+        await self._nc.subscribe(subjects.infer_all(), queue=subjects.BATCHER_QUEUE_GROUP, cb=self._on_request)
+        await self._nc.publish(subjects.worker_query(), b"")
+        self._tg.create_task(self._reap_stale())
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def _on_request(self, msg: Msg) -> None:
+        request = mesh_pb2.InferRequest()
+        try:
+            request.ParseFromString(msg.data)
+        except Exception:
+            log.warning("undecodable request on %s dropped", msg.subject)
+            return
+        item = Queued(
+            pending=Pending(time.monotonic(), max(1, request.batch_size), signature_of(request)),
+            raw=msg.data,
+            reply_to=msg.reply,
+            request_id=request.request_id,
+            model_name=request.model_name,
+            model_version=request.model_version,
+            deadline_s=_monotonic_deadline(request.deadline_unix_ns),
+        )
+        scheduler = self._schedulers.get((request.model_name, request.model_version))
+        error: MeshError | None
+        if scheduler is None:
+            error = Unavailable(
+                f"model '{request.model_name}' version {request.model_version} has no live instance"
+            )
+        else:
+            error = scheduler.admit(item)
+        if error is not None:
+            await self.reply_error(item, error)
+
+    async def reply_error(self, item: Queued, error: MeshError) -> None:
+        if not item.reply_to:
+            return
+        response = mesh_pb2.InferResponse(
+            request_id=item.request_id,
+            model_name=item.model_name,
+            model_version=item.model_version,
+            error=mesh_pb2.Error(code=error.code, message=error.message),
+        )
+        try:
+            await self._nc.publish(item.reply_to, response.SerializeToString())
+        except Exception as exc:
+            log.warning("cannot answer request %r: %s", item.request_id, exc)
+
+    # -- instances --------------------------------------------------------------------------------
+    async def _on_announce(self, msg: Msg) -> None:
+        ann = mesh_pb2.WorkerAnnouncement()
+        try:
+            ann.ParseFromString(msg.data)
+        except Exception:
+            log.warning("undecodable worker announcement dropped")
+            return
+        key = (ann.model_name, ann.model_version)
+        if ann.state != mesh_pb2.READY:
+            await self._remove_instance(key, ann.instance_id)
+            return
+        self._last_seen[ann.instance_id] = (key, time.monotonic())
+        scheduler = self._schedulers.get(key)
+        if scheduler is None:
+            scheduler = ModelScheduler(
+                ann.model_name, ann.model_version, rules_from_announcement(ann),
+                self._settings.max_queue_size, self.reply_error,
+            )
+            self._schedulers[key] = scheduler
+            self._tg.create_task(scheduler.run())
+        if ann.instance_id not in scheduler.links:
+            link = InstanceLink(
+                ann.instance_id,
+                ann.address,
+                min(ann.max_inflight_batches or 1, self._settings.inflight_batches_per_instance),
+                self._settings.limits.grpc_message_bytes,
+                on_done=lambda lk, fl, s=scheduler: s.notify(),
+                on_lost=lambda lk, flights, reason, s=scheduler: self._on_lost(s, lk, flights, reason),
+            )
+            scheduler.add_link(link)
+            self._tg.create_task(link.read())
+            log.info("instance %s of %s v%d joined at %s", ann.instance_id, *key, ann.address)
+
+    def _on_lost(self, scheduler: ModelScheduler, link: InstanceLink, flights: list[InFlight], reason: str) -> None:
+        log.warning("instance %s lost with %d batches in flight: %s", link.instance_id, len(flights), reason)
+        scheduler.remove_link(link.instance_id)
+        self._tg.create_task(scheduler.fail_lost(flights, reason))
+
+    async def _remove_instance(self, key: ModelKey, instance_id: str) -> None:
+        self._last_seen.pop(instance_id, None)
+        scheduler = self._schedulers.get(key)
+        if scheduler is None:
+            return
+        link = scheduler.remove_link(instance_id)
+        if link is not None:
+            link.accepting = False
+            log.info("instance %s of %s v%d left", instance_id, *key)
+            # let its batch in flight finish; the reader closes the link when the stream ends
+            if not link.inflight:
+                await link.close()
+
+    async def _reap_stale(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.instance_stale_after_s / 2)
+            cutoff = time.monotonic() - self._settings.instance_stale_after_s
+            for instance_id, (key, seen) in list(self._last_seen.items()):
+                if seen < cutoff:
+                    log.warning("instance %s went silent; dropping it", instance_id)
+                    await self._remove_instance(key, instance_id)
+
+    async def drain(self) -> None:
+        for scheduler in self._schedulers.values():
+            await scheduler.drain(Unavailable("batcher is shutting down"))
+            for link in list(scheduler.links.values()):
+                await link.close()
+
+
+def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
+    if deadline_unix_ns <= 0:
+        return None
+    return time.monotonic() + (deadline_unix_ns - time.time_ns()) / 1e9
+
+
+async def run(settings: BatcherSettings) -> None:
+    stop = install_stop_signals()
+    nc = await connect_nats(settings.nats_url, "batcher")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            batcher = Batcher(settings, nc, tg)
+            await batcher.start()
+            announce_ready("batcher", nats=settings.nats_url)
+            await stop.wait()
+            await batcher.drain()
+            raise _Stop
+    except* _Stop:
+        pass
+    finally:
+        await nc.drain()
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to cancel its long-lived loops on shutdown."""

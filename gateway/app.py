@@ -1,0 +1,90 @@
+"""The gateway process: gRPC :8001 and HTTP :8000 in front, NATS behind."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import grpc
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from meshserve import subjects
+from meshserve.lifecycle import install_stop_signals
+from meshserve.logs import announce_ready
+from meshserve.messaging import connect_nats
+from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
+from meshserve.pb import mesh_pb2
+from meshserve.settings import GatewaySettings
+from gateway.core import InferenceCore
+from gateway.dispatcher import Dispatcher
+from gateway.grpc_service import InferenceServicer
+from gateway.http_service import build_app
+from gateway.models import ModelTable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run"]
+
+
+async def run(settings: GatewaySettings) -> None:
+    stop = install_stop_signals()
+    nc = await connect_nats(settings.nats_url, "gateway")
+    models = ModelTable(settings.instance_stale_after_s)
+    if settings.model_repository is not None:
+        models.load_repository(settings.model_repository)
+
+    async def on_announce(msg: Msg) -> None:
+        ann = mesh_pb2.WorkerAnnouncement()
+        try:
+            ann.ParseFromString(msg.data)
+        except Exception:
+            log.warning("undecodable worker announcement dropped")
+            return
+        models.apply(ann)
+
+    await nc.subscribe(subjects.worker_announce(), cb=on_announce)
+    await nc.publish(subjects.worker_query(), b"")
+    core = InferenceCore(settings, models, Dispatcher(nc))
+
+    limit = settings.limits.grpc_message_bytes
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), grpc_server)
+    grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if grpc_port == 0:
+        raise SystemExit(f"gateway: cannot bind gRPC on {settings.host}:{settings.grpc_port}")
+    await grpc_server.start()
+
+    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
+    await runner.setup()
+    http_socket = _bind(settings.host, settings.http_port)
+    await web.SockSite(runner, http_socket).start()
+    http_port = http_socket.getsockname()[1]
+    announce_ready("gateway", host=settings.host, grpc_port=grpc_port, http_port=http_port, nats=settings.nats_url)
+    try:
+        await stop.wait()
+        core.shutting_down = True
+    finally:
+        await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
+        await runner.cleanup()
+        await nc.drain()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the HTTP socket ourselves so the port actually bound (port 0 = a free one) is known."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"gateway: cannot bind HTTP on {host}:{port}: {exc}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,228 @@
+"""KServe v2 HTTP/REST bodies ↔ the gateway's protocol-neutral calls, with the binary tensor extension.
+
+A body is JSON, or JSON followed by raw tensor bytes when ``Inference-Header-Content-Length`` gives the
+JSON's length.  Inputs with ``parameters.binary_data_size`` take their bytes from that tail, in input
+order; the others carry ``data`` (flat or nested, row-major).  Outputs go back as binary when the
+request asks (``binary_data`` per output, or ``binary_data_output`` for all).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from meshserve import tensors
+from meshserve.errors import InvalidArgument, InvalidInput
+from meshserve.pb import mesh_pb2
+from gateway.models import ModelView
+from gateway.validate import InferCall, InputTensor, ParamValue
+
+__all__ = ["HEADER_LENGTH", "HttpInfer", "decode_infer", "encode_infer"]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass(slots=True)
+class HttpInfer:
+    call: InferCall
+    binary_outputs: dict[str, bool]
+    """Output name → send as binary; empty = all outputs, with ``binary_default``."""
+    binary_default: bool
+
+
+def decode_infer(body: bytes, header_length: str | None, view: ModelView) -> HttpInfer:
+    if header_length is not None:
+        try:
+            json_length = int(header_length)
+        except ValueError:
+            raise InvalidArgument(f"{HEADER_LENGTH} must be an integer, got '{header_length}'") from None
+        if json_length < 0 or json_length > len(body):
+            raise InvalidArgument(
+                f"{HEADER_LENGTH} is {json_length} but the body has only {len(body)} bytes"
+            )
+        if json_length == 0:
+            return _raw_binary_request(body, view)
+    else:
+        json_length = len(body)
+    header = _parse_json(body[:json_length])
+    return _decode_header(header, memoryview(body)[json_length:])
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"failed to parse the request JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("the request JSON must be an object")
+    return value
+
+
+def _decode_header(header: dict[str, Any], binary: memoryview) -> HttpInfer:
+    parameters = _parameters(header.get("parameters"), "request")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InvalidArgument("the request JSON needs an 'inputs' list")
+    offset = 0
+    inputs = []
+    for raw in raw_inputs:
+        tensor, used = _decode_input(raw, binary, offset)
+        offset += used
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"the body carries {len(binary)} bytes of binary data but the inputs use {offset}"
+        )
+    binary_default = bool(parameters.pop("binary_data_output", False))
+    outputs: dict[str, bool] = {}
+    raw_outputs = header.get("outputs", [])
+    if not isinstance(raw_outputs, list):
+        raise InvalidArgument("'outputs' must be a list")
+    for raw in raw_outputs:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise InvalidArgument("each requested output needs a 'name'")
+        out_params = _parameters(raw.get("parameters"), f"output '{raw['name']}'")
+        if "classification" in out_params:
+            raise InvalidArgument("the classification extension is not supported by meshserve yet")
+        outputs[raw["name"]] = bool(out_params.get("binary_data", binary_default))
+    request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    call = InferCall(request_id=request_id, inputs=inputs, outputs=list(outputs), parameters=parameters)
+    return HttpInfer(call, outputs, binary_default)
+
+
+def _parameters(value: Any, where: str) -> dict[str, ParamValue]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"'parameters' of the {where} must be an object")
+    for key, item in value.items():
+        if not isinstance(item, (bool, int, float, str)):
+            raise InvalidArgument(f"parameter '{key}' of the {where} must be a bool, number or string")
+    return dict(value)
+
+
+def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    if not isinstance(raw, dict):
+        raise InvalidArgument("each input must be a JSON object")
+    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
+    if not isinstance(name, str):
+        raise InvalidArgument("an input has no 'name'")
+    if not isinstance(datatype, str) or datatype not in tensors.DATATYPES:
+        raise InvalidInput(name, f"unknown or missing datatype {datatype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidInput(name, "'shape' must be a list of integers")
+    params = _parameters(raw.get("parameters"), f"input '{name}'")
+    if any(key.startswith("shared_memory") for key in params):
+        raise InvalidInput(name, "shared memory inputs are not supported by meshserve; send the data")
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(name, "'binary_data_size' must be a non-negative integer")
+        if offset + size > len(binary):
+            raise InvalidInput(
+                name, f"binary_data_size {size} runs past the end of the body ({len(binary) - offset} bytes left)"
+            )
+        return InputTensor(name, datatype, shape, binary[offset : offset + size]), size
+    if "data" not in raw:
+        raise InvalidInput(name, "needs 'data' or parameters.binary_data_size")
+    return InputTensor(name, datatype, shape, _json_data_to_bytes(name, datatype, shape, raw["data"])), 0
+
+
+_KINDS_ACCEPTED = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+
+
+def _json_data_to_bytes(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
+    count = tensors.element_count(shape) if all(d >= 0 for d in shape) else -1
+    flat = _flatten(name, data)
+    if len(flat) != count:
+        raise InvalidInput(name, f"JSON data holds {len(flat)} values but shape {shape} needs {count}")
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidInput(name, "BYTES data in JSON must be strings")
+        return tensors.serialize_bytes(np.array(flat, dtype=object))
+    info = tensors.DATATYPES[datatype]
+    if info.numpy is None:
+        raise InvalidInput(name, f"{datatype} data must be sent as binary data")
+    if not all(isinstance(v, (bool, int, float)) for v in flat):
+        raise InvalidInput(name, f"{datatype} data in JSON must be numbers")
+    guess = np.array(flat) if flat else np.array([], dtype=info.numpy)
+    allowed = _KINDS_ACCEPTED.get(info.numpy.kind, "biuf")
+    if guess.dtype.kind not in allowed:
+        raise InvalidInput(name, f"JSON values of kind '{guess.dtype.kind}' do not fit {datatype}")
+    try:
+        return np.asarray(flat, dtype=info.numpy).tobytes()
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(name, f"a value does not fit {datatype}: {exc}") from exc
+
+
+def _flatten(name: str, data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise InvalidInput(name, "'data' must be a JSON array")
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _raw_binary_request(body: bytes, view: ModelView) -> HttpInfer:
+    """``Inference-Header-Content-Length: 0``: the body is the only input's bytes, batch 1."""
+    if len(view.inputs) != 1:
+        raise InvalidArgument(
+            f"a raw binary request needs a model with exactly one input; '{view.name}' has {len(view.inputs)}"
+        )
+    spec = next(iter(view.inputs.values()))
+    shape = ([1] if view.max_batch_size > 0 else []) + list(spec.dims)
+    if any(d < 0 for d in shape):
+        if spec.datatype != "BYTES" and len(shape) == 1 + (view.max_batch_size > 0):
+            itemsize = tensors.DATATYPES[spec.datatype].itemsize
+            shape[-1] = len(body) // itemsize
+        else:
+            raise InvalidArgument(f"input '{spec.name}' has variable dims; a raw binary request cannot give its shape")
+    call = InferCall(request_id="", inputs=[InputTensor(spec.name, spec.datatype, shape, body)])
+    return HttpInfer(call, {}, True)
+
+
+def encode_infer(response: mesh_pb2.InferResponse, model_version: int, request: HttpInfer) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary tensors follow it."""
+    header: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": str(model_version),
+        "outputs": [],
+    }
+    if response.request_id:
+        header["id"] = response.request_id
+    chunks: list[bytes] = []
+    for tensor in response.outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        binary = request.binary_outputs.get(tensor.name, request.binary_default)
+        if binary:
+            entry["parameters"] = {"binary_data_size": len(tensor.data)}
+            chunks.append(tensor.data)
+        else:
+            entry["data"] = _bytes_to_json_data(tensor)
+        header["outputs"].append(entry)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if not chunks:
+        return head, None
+    return b"".join([head, *chunks]), len(head)
+
+
+def _bytes_to_json_data(tensor: mesh_pb2.Tensor) -> list[Any]:
+    array = tensors.to_numpy(tensor.name, tensor.datatype, tensor.shape, tensor.data).reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array]
+    if tensor.datatype == "BF16":
+        return (array.astype(np.uint32) << 16).view(np.float32).tolist()  # type: ignore[no-any-return]
+    return array.tolist()  # type: ignore[no-any-return]

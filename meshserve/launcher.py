@@ -1,0 +1,194 @@
+"""``meshserve up``: the whole mesh on one machine — embedded NATS, a batcher, a gateway, one worker
+process per model instance — started in that order, stopped in reverse.
+
+Each service is a child process (``python -m meshserve.cli <service> …``); the launcher waits for
+each one's ``MESHSERVE_READY`` line, logs where everything listens, and on SIGINT/SIGTERM stops all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshserve.errors import Unavailable
+from meshserve.lifecycle import install_stop_signals
+from meshserve.logs import announce_ready, parse_ready_line
+from meshserve.nats_server import EmbeddedNats, find_nats_server, start_nats_server
+from meshserve.pb import model_config_pb2 as mc
+from meshserve.repository import ModelEntry, scan_repository
+from meshserve.settings import UpSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_up", "worker_plan", "WorkerSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    model: str
+    version: int
+    instance: int
+    device: str
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    ready: asyncio.Future[dict[str, Any]]
+    reader: asyncio.Task[None] | None = field(default=None)
+
+
+def _gpu_count() -> int:
+    """GPUs visible to this machine, without importing torch into the launcher."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def worker_plan(entries: list[ModelEntry], gpus: int) -> list[WorkerSpec]:
+    """One worker per instance: ``count`` per group (per listed GPU for KIND_GPU), every served version."""
+    plan: list[WorkerSpec] = []
+    for entry in entries:
+        if entry.config is None:
+            continue
+        for version in entry.versions:
+            index = 0
+            for group in entry.config.instance_group:
+                devices = _group_devices(group, gpus)
+                for device in devices:
+                    for _ in range(max(1, group.count)):
+                        plan.append(WorkerSpec(entry.name, version, index, device))
+                        index += 1
+    return plan
+
+
+def _group_devices(group: mc.ModelInstanceGroup, gpus: int) -> list[str]:
+    wants_gpu = group.kind == mc.ModelInstanceGroup.KIND_GPU or (
+        group.kind == mc.ModelInstanceGroup.KIND_AUTO and gpus > 0
+    )
+    if not wants_gpu or gpus == 0:
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            log.warning("instance group '%s' asks for GPUs but none is visible; running on CPU", group.name)
+        return ["cpu"]
+    ids = list(group.gpus) or ([0] if group.kind == mc.ModelInstanceGroup.KIND_AUTO else list(range(gpus)))
+    return [f"cuda:{i}" for i in ids if i < gpus] or ["cpu"]
+
+
+class Launcher:
+    def __init__(self, settings: UpSettings) -> None:
+        self._settings = settings
+        self._children: list[Child] = []
+        self._nats: EmbeddedNats | None = None
+
+    async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshserve.cli", *args,
+            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+        child = Child(name, process, asyncio.get_running_loop().create_future())
+        child.reader = asyncio.create_task(self._read(child))
+        self._children.append(child)
+        return child
+
+    @staticmethod
+    async def _read(child: Child) -> None:
+        assert child.process.stdout is not None
+        while line := await child.process.stdout.readline():
+            ready = parse_ready_line(line.decode(errors="replace").rstrip("\n"))
+            if ready is not None and not child.ready.done():
+                child.ready.set_result(ready)
+        if not child.ready.done():
+            child.ready.set_exception(Unavailable(f"{child.name} exited with code {await child.process.wait()}"))
+
+    async def _wait_ready(self, children: list[Child]) -> list[dict[str, Any]]:
+        async with asyncio.timeout(self._settings.startup_timeout_s):
+            return list(await asyncio.gather(*(c.ready for c in children)))
+
+    async def start(self) -> dict[str, Any]:
+        s = self._settings
+        nats_url = s.nats_url
+        if nats_url is None:
+            self._nats = await start_nats_server(
+                find_nats_server(s.nats_server_binary), s.nats_port, s.limits.max_message_bytes
+            )
+            nats_url = self._nats.url
+            log.info("embedded nats-server listening on %s", nats_url)
+        common = ["--nats-url", nats_url, "--log-verbose", str(s.log_verbose),
+                  "--max-message-bytes", str(s.limits.max_message_bytes),
+                  "--request-timeout-secs", str(s.limits.request_timeout_s)]
+        batcher = await self._spawn("batcher", ["batcher", *common])
+        await self._wait_ready([batcher])
+        g = s.gateway
+        gateway = await self._spawn("gateway", [
+            "gateway", *common, "--model-repository", str(s.model_repository), "--host", g.host,
+            "--http-port", str(g.http_port), "--grpc-port", str(g.grpc_port),
+            "--metrics-port", str(g.metrics_port), f"--strict-readiness={str(g.strict_readiness).lower()}",
+        ])
+        (gw,) = await self._wait_ready([gateway])
+        entries = scan_repository(s.model_repository)
+        for entry in entries:
+            if entry.error:
+                log.error("model '%s' cannot be served: %s", entry.name, entry.error)
+        workers = []
+        for spec in worker_plan(entries, _gpu_count()):
+            env = {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
+            device = "cuda:0" if env else "cpu"
+            workers.append(await self._spawn(f"worker {spec.model} v{spec.version} #{spec.instance}", [
+                "worker", *common, "--model-repository", str(s.model_repository), "--model-name", spec.model,
+                "--model-version", str(spec.version), "--instance-index", str(spec.instance), "--device", device,
+            ], env))
+        models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in entries if e.error}
+        for ready in await self._wait_ready(workers):
+            key = f"{ready['model']}:{ready['version']}"
+            state = ready["state"] if ready["state"] == "READY" else f"{ready['state']}: {ready['reason']}"
+            if models.get(key, "READY") == "READY":
+                models[key] = state
+        for key, state in sorted(models.items()):
+            log.info("model %-30s %s", key, state)
+        log.info("gateway gRPC %s:%s  HTTP %s:%s", g.host, gw["grpc_port"], g.host, gw["http_port"])
+        return {"nats": nats_url, "grpc_port": gw["grpc_port"], "http_port": gw["http_port"], "models": models}
+
+    async def stop(self) -> None:
+        for child in reversed(self._children):
+            if child.process.returncode is None:
+                child.process.terminate()
+        for child in reversed(self._children):
+            try:
+                async with asyncio.timeout(self._settings.exit_timeout_s):
+                    await child.process.wait()
+            except TimeoutError:
+                log.warning("%s did not stop in time; killing it", child.name)
+                child.process.kill()
+                await child.process.wait()
+            if child.reader is not None:
+                child.reader.cancel()
+        if self._nats is not None:
+            await self._nats.stop()
+
+
+async def run_up(settings: UpSettings) -> None:
+    stop = install_stop_signals()
+    launcher = Launcher(settings)
+    try:
+        summary = await launcher.start()
+        announce_ready("up", **summary)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await launcher.stop()

@@ -1,0 +1,171 @@
+"""config.pbtxt → Triton's ``ModelConfig`` message, completed and checked.
+
+Parsing is protobuf's own text format (no hand-written parser).  Completion fills what Triton
+fills before a model loads: the name from the directory, the backend from a legacy ``platform``,
+the default model file name, and a default ``preferred_batch_size`` rule is left to the batcher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from meshserve.errors import InvalidArgument
+from meshserve.pb import model_config_pb2 as mc
+
+__all__ = [
+    "ConfigError",
+    "CONFIG_FILENAME",
+    "load_config",
+    "parse_config",
+    "complete_config",
+    "config_to_json",
+    "config_from_bytes",
+]
+
+CONFIG_FILENAME = "config.pbtxt"
+
+_PLATFORM_TO_BACKEND = {
+    "pytorch_libtorch": "pytorch",
+    "onnxruntime_onnx": "onnxruntime",
+    "tensorflow_savedmodel": "tensorflow",
+    "tensorflow_graphdef": "tensorflow",
+    "tensorrt_plan": "tensorrt",
+}
+_BACKEND_TO_PLATFORM = {"pytorch": "pytorch_libtorch", "onnxruntime": "onnxruntime_onnx"}
+_DEFAULT_FILENAME = {
+    "python": "model.py",
+    "pytorch": "model.pt",
+    "onnxruntime": "model.onnx",
+    "tensorrt": "model.plan",
+}
+
+
+class ConfigError(InvalidArgument):
+    """A config.pbtxt that cannot be parsed or does not describe a loadable model."""
+
+
+def parse_config(text: str, source: str = CONFIG_FILENAME) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return config
+
+
+def load_config(model_dir: Path) -> mc.ModelConfig:
+    """Read, complete and check ``<model_dir>/config.pbtxt``."""
+    path = model_dir / CONFIG_FILENAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (every model directory needs a config.pbtxt)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+    config = parse_config(text, str(path))
+    complete_config(config, model_dir.name, str(path))
+    return config
+
+
+def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFIG_FILENAME) -> None:
+    """Fill Triton's defaults in place and reject configs that cannot be served."""
+    if not config.name:
+        config.name = model_name
+    elif config.name != model_name:
+        raise ConfigError(
+            f"{source}: name '{config.name}' does not match its directory '{model_name}'"
+        )
+    if not config.backend:
+        config.backend = _PLATFORM_TO_BACKEND.get(config.platform, "")
+    if not config.backend:
+        raise ConfigError(f"{source}: set 'backend' (python, pytorch, onnxruntime) or 'platform'")
+    if not config.platform and config.backend in _BACKEND_TO_PLATFORM:
+        config.platform = _BACKEND_TO_PLATFORM[config.backend]
+    if not config.default_model_filename:
+        config.default_model_filename = _DEFAULT_FILENAME.get(config.backend, "")
+    if config.max_batch_size < 0:
+        raise ConfigError(f"{source}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    _check_tensors(config, source)
+    if config.HasField("dynamic_batching") and config.max_batch_size > 0:
+        for size in config.dynamic_batching.preferred_batch_size:
+            if not 0 < size <= config.max_batch_size:
+                raise ConfigError(
+                    f"{source}: preferred_batch_size {size} must be in 1..max_batch_size "
+                    f"({config.max_batch_size})"
+                )
+    if not config.instance_group:
+        group = config.instance_group.add()
+        group.count = 1
+        group.kind = mc.ModelInstanceGroup.KIND_AUTO
+    for group in config.instance_group:
+        if group.count == 0:
+            group.count = 1
+        if not group.name:
+            group.name = config.name
+
+
+def _check_tensors(config: mc.ModelConfig, source: str) -> None:
+    seen: set[str] = set()
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        for tensor in tensors:
+            if not tensor.name:
+                raise ConfigError(f"{source}: an {kind} has no name")
+            if tensor.name in seen:
+                raise ConfigError(f"{source}: {kind} '{tensor.name}' is declared twice")
+            seen.add(tensor.name)
+            if tensor.data_type == mc.TYPE_INVALID:
+                raise ConfigError(f"{source}: {kind} '{tensor.name}' has no data_type")
+            if any(d < -1 or d == 0 for d in tensor.dims) and not tensor.HasField("reshape"):
+                bad = [d for d in tensor.dims if d < -1 or d == 0]
+                raise ConfigError(f"{source}: {kind} '{tensor.name}' has invalid dims {bad}")
+
+
+def config_from_bytes(data: bytes) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    config.ParseFromString(data)
+    return config
+
+
+def config_to_json(config: Message) -> dict[str, Any]:
+    """The config as Triton shows it in JSON: proto field names, every field, 64-bit ints as numbers."""
+    raw = json_format.MessageToDict(
+        config,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    return _ints_as_numbers(raw, config.DESCRIPTOR)
+
+
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _ints_as_numbers(value: dict[str, Any], descriptor: Descriptor) -> dict[str, Any]:
+    """protobuf's JSON writes 64-bit integers as strings; Triton's JSON writes numbers."""
+    for name, item in value.items():
+        fd = descriptor.fields_by_name.get(name)
+        if fd is None:
+            continue
+        if fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                value_fd = fd.message_type.fields_by_name["value"]
+                if value_fd.message_type is not None:
+                    for key, sub in item.items():
+                        item[key] = _ints_as_numbers(sub, value_fd.message_type)
+            elif isinstance(item, list):
+                value[name] = [_ints_as_numbers(sub, fd.message_type) for sub in item]
+            elif isinstance(item, dict):
+                value[name] = _ints_as_numbers(item, fd.message_type)
+        elif fd.type in _INT64_TYPES:
+            value[name] = [int(v) for v in item] if isinstance(item, list) else int(item)
+    return value

@@ -1,0 +1,106 @@
+"""Typed, frozen settings for each service — built once in ``cli.py`` and passed down.
+
+Every bound in the mesh is a field here with its unit in the name.  Environment variables
+(``MESHSERVE_<FIELD>``) give defaults that command-line flags override; nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "Limits",
+    "GatewaySettings",
+    "BatcherSettings",
+    "WorkerSettings",
+    "UpSettings",
+    "env_default",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+"""Largest request/response body any hop accepts (NATS max_payload, gRPC limits, HTTP body)."""
+
+
+def env_default(name: str, default: str) -> str:
+    """``MESHSERVE_<NAME>`` from the environment, else ``default`` (the only environment read)."""
+    return os.environ.get(f"MESHSERVE_{name.upper()}", default)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds shared by every service, so each hop agrees on them."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest serialized request or response (setting ``--max-message-bytes``)."""
+    request_timeout_s: float = 60.0
+    """Deadline of a request that carries no ``timeout`` parameter (``--request-timeout-secs``)."""
+
+    @property
+    def grpc_message_bytes(self) -> int:
+        """gRPC limit: the payload plus room for the envelope, so gRPC never rejects first."""
+        return self.max_message_bytes + 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    nats_url: str
+    model_repository: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    strict_readiness: bool = True
+    """ServerReady is true only when every model is ready (Triton's ``--strict-readiness``)."""
+    instance_stale_after_s: float = 5.0
+    """A worker silent for this long no longer counts toward a model's readiness."""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherSettings:
+    nats_url: str
+    max_queue_size: int = 10_000
+    """Requests queued per model version beyond which new ones are refused (UNAVAILABLE)."""
+    instance_stale_after_s: float = 5.0
+    """A worker silent this long is dropped from the pool; its in-flight batches are failed."""
+    inflight_batches_per_instance: int = 1
+    """Batches sent to one worker instance before it answers (kept 1: one batch at a time)."""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    nats_url: str
+    model_repository: Path
+    model_name: str
+    model_version: int
+    instance_index: int = 0
+    host: str = "127.0.0.1"
+    port: int = 0
+    heartbeat_interval_s: float = 1.0
+    device: str = "cpu"
+    """``cpu`` or ``cuda:N``; the launcher picks it from the instance group."""
+    exit_timeout_s: float = 10.0
+    """On SIGTERM, how long batches in flight may take to finish."""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class UpSettings:
+    """``meshserve up``: the whole mesh on one machine."""
+
+    model_repository: Path
+    gateway: GatewaySettings
+    nats_url: str | None = None
+    """An existing NATS server; None starts an embedded one."""
+    nats_port: int = -1
+    """Port of the embedded nats-server; -1 picks a free one."""
+    nats_server_binary: str | None = None
+    startup_timeout_s: float = 120.0
+    exit_timeout_s: float = 30.0
+    log_verbose: int = 0
+    limits: Limits = field(default_factory=Limits)

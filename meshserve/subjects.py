@@ -1,0 +1,50 @@
+"""Every NATS subject the mesh uses, spelled in this one module (nothing else writes a subject).
+
+Model names may hold characters that NATS gives meaning to ('.', '*', '>', spaces); they are
+escaped into a single subject token so that one model is always exactly one token.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX",
+    "BATCHER_QUEUE_GROUP",
+    "infer",
+    "infer_all",
+    "worker_announce",
+    "worker_query",
+    "model_token",
+]
+
+PREFIX = "meshserve"
+BATCHER_QUEUE_GROUP = "meshserve-batchers"
+
+_UNSAFE = {".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09", "\r": "%0D", "\n": "%0A"}
+
+
+def model_token(model_name: str) -> str:
+    """One subject token for a model name ('%' first so the escaping round-trips)."""
+    token = model_name.replace("%", "%25")
+    for char, escaped in _UNSAFE.items():
+        token = token.replace(char, escaped)
+    return token
+
+
+def infer(model_name: str, version: int) -> str:
+    """Where a gateway publishes an inference request for one model version."""
+    return f"{PREFIX}.infer.{model_token(model_name)}.{version}"
+
+
+def infer_all() -> str:
+    """What a batcher subscribes to (in :data:`BATCHER_QUEUE_GROUP`) to receive every model's requests."""
+    return f"{PREFIX}.infer.>"
+
+
+def worker_announce() -> str:
+    """Where workers publish their state and heartbeats; gateways and batchers listen."""
+    return f"{PREFIX}.worker.announce"
+
+
+def worker_query() -> str:
+    """A gateway or batcher that starts asks here; every worker answers by announcing itself at once."""
+    return f"{PREFIX}.worker.query"

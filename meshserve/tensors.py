@@ -1,0 +1,200 @@
+"""The tensor codec: KServe datatypes, raw little-endian bytes and numpy views.
+
+Tensors travel as raw bytes plus datatype and shape.  Decoding makes numpy *views* over the
+received buffer (no copy) except for BYTES, whose elements are length-prefixed strings
+(Triton's encoding: 4-byte little-endian length, then the bytes) and become an object array.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from meshserve.errors import InvalidInput
+
+__all__ = [
+    "DATATYPES",
+    "DatatypeInfo",
+    "config_type_to_datatype",
+    "datatype_to_config_type",
+    "numpy_to_datatype",
+    "element_count",
+    "expected_byte_size",
+    "to_numpy",
+    "from_numpy",
+    "serialize_bytes",
+    "deserialize_bytes",
+    "validate_bytes",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DatatypeInfo:
+    """One KServe datatype: its numpy dtype (None when numpy has none) and element size (0 = variable)."""
+
+    name: str
+    numpy: np.dtype | None
+    itemsize: int
+
+
+def _info(name: str, dtype: str | None, itemsize: int) -> DatatypeInfo:
+    return DatatypeInfo(name, np.dtype(dtype) if dtype else None, itemsize)
+
+
+DATATYPES: Final[dict[str, DatatypeInfo]] = {
+    info.name: info
+    for info in (
+        _info("BOOL", "?", 1),
+        _info("UINT8", "<u1", 1),
+        _info("UINT16", "<u2", 2),
+        _info("UINT32", "<u4", 4),
+        _info("UINT64", "<u8", 8),
+        _info("INT8", "<i1", 1),
+        _info("INT16", "<i2", 2),
+        _info("INT32", "<i4", 4),
+        _info("INT64", "<i8", 8),
+        _info("FP16", "<f2", 2),
+        _info("FP32", "<f4", 4),
+        _info("FP64", "<f8", 8),
+        _info("BF16", None, 2),
+        _info("BYTES", None, 0),
+    )
+}
+
+_NUMPY_KIND_TO_DATATYPE: Final[dict[str, str]] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+
+
+def config_type_to_datatype(config_type: str) -> str:
+    """``TYPE_FP32`` (config.pbtxt) → ``FP32`` (wire); ``TYPE_STRING`` → ``BYTES``."""
+    name = config_type.removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
+def datatype_to_config_type(datatype: str) -> str:
+    """``FP32`` → ``TYPE_FP32``; ``BYTES`` → ``TYPE_STRING``."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def numpy_to_datatype(dtype: np.dtype) -> str:
+    """The KServe datatype for a numpy dtype; object, bytes and str arrays are BYTES."""
+    if dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    try:
+        return _NUMPY_KIND_TO_DATATYPE[dtype.name]
+    except KeyError:
+        raise InvalidInput("<output>", f"numpy dtype {dtype} has no KServe datatype") from None
+
+
+def element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def expected_byte_size(datatype: str, shape: Sequence[int]) -> int | None:
+    """Bytes a fixed-size tensor occupies; None for BYTES (variable-size elements)."""
+    info = DATATYPES[datatype]
+    if info.itemsize == 0:
+        return None
+    return element_count(shape) * info.itemsize
+
+
+def to_numpy(name: str, datatype: str, shape: Sequence[int], data: bytes | memoryview) -> np.ndarray:
+    """A numpy array over ``data`` (a read-only view for fixed-size types); checks the byte size."""
+    info = DATATYPES.get(datatype)
+    if info is None:
+        raise InvalidInput(name, f"unknown datatype '{datatype}'")
+    if datatype == "BYTES":
+        return deserialize_bytes(name, data, element_count(shape)).reshape(tuple(shape))
+    expected = element_count(shape) * info.itemsize
+    if len(data) != expected:
+        raise InvalidInput(
+            name,
+            f"unexpected byte size {len(data)}, expected {expected} for shape {list(shape)} of {datatype}",
+        )
+    if info.numpy is None:  # BF16: numpy has no type; hand over the raw 16-bit words
+        return np.frombuffer(data, dtype="<u2").reshape(tuple(shape))
+    return np.frombuffer(data, dtype=info.numpy).reshape(tuple(shape))
+
+
+def from_numpy(array: np.ndarray, datatype: str | None = None) -> tuple[str, list[int], bytes]:
+    """``(datatype, shape, raw bytes)`` for an array; fixed-size types are made little-endian."""
+    dt = datatype or numpy_to_datatype(array.dtype)
+    shape = list(array.shape)
+    if dt == "BYTES":
+        return dt, shape, serialize_bytes(array)
+    info = DATATYPES[dt]
+    target = info.numpy if info.numpy is not None else np.dtype("<u2")
+    contiguous = np.ascontiguousarray(array, dtype=target)
+    return dt, shape, contiguous.tobytes()
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """Triton's BYTES encoding of every element, row-major: 4-byte LE length + bytes."""
+    parts: list[bytes] = []
+    for item in np.asarray(array, dtype=object).reshape(-1):
+        if isinstance(item, bytes):
+            raw = item
+        elif isinstance(item, str):
+            raw = item.encode("utf-8")
+        elif isinstance(item, (bytearray, memoryview)):
+            raw = bytes(item)
+        else:
+            raw = str(item).encode("utf-8")
+        parts.append(struct.pack("<I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def deserialize_bytes(name: str, data: bytes | memoryview, count: int) -> np.ndarray:
+    """Decode ``count`` length-prefixed elements; a bad prefix is an :class:`InvalidInput`."""
+    view = memoryview(data)
+    out = np.empty(count, dtype=object)
+    offset, end = 0, len(view)
+    for i in range(count):
+        if offset + 4 > end:
+            raise InvalidInput(name, f"BYTES element {i}: data ends before its 4-byte length prefix")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInput(
+                name, f"BYTES element {i}: length prefix {length} runs past the end of the data"
+            )
+        out[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise InvalidInput(name, f"{end - offset} bytes left over after {count} BYTES elements")
+    return out
+
+
+def validate_bytes(name: str, data: bytes | memoryview, count: int) -> None:
+    """Check Triton's BYTES encoding of ``count`` elements without decoding them."""
+    view = memoryview(data)
+    offset, end = 0, len(view)
+    for i in range(count):
+        if offset + 4 > end:
+            raise InvalidInput(name, f"BYTES element {i}: data ends before its 4-byte length prefix")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4 + length
+        if offset > end:
+            raise InvalidInput(name, f"BYTES element {i}: length prefix {length} runs past the end of the data")
+    if offset != end:
+        raise InvalidInput(name, f"{end - offset} bytes left over after {count} BYTES elements")

@@ -1,0 +1,1 @@
+"""Worker service: one process per model instance; loads a model through a backend and executes batches."""

@@ -1,0 +1,150 @@
+"""The worker process: load one model version, serve batches over gRPC, announce itself on NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from nats.aio.client import Client
+
+from meshserve import subjects
+from meshserve.errors import MeshError
+from meshserve.lifecycle import install_stop_signals
+from meshserve.logs import announce_ready
+from meshserve.messaging import connect_nats
+from meshserve.model_config import config_to_json, load_config
+from meshserve.pb import mesh_pb2, mesh_pb2_grpc
+from meshserve.settings import WorkerSettings
+from workers.backends import create_backend
+from workers.backends.base import Backend, LoadContext
+from workers.executor import BatchExecutor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run"]
+
+
+class WorkerService(mesh_pb2_grpc.WorkerServicer):
+    """The gRPC face of the worker: one long-lived stream per batcher, batches run one at a time."""
+
+    def __init__(self, executor: BatchExecutor) -> None:
+        self._executor = executor
+
+    async def Execute(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[mesh_pb2.Batch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[mesh_pb2.BatchDone]:
+        async for batch in request_iterator:
+            yield await self._executor.run(batch)
+
+
+class Announcer:
+    """Publishes this instance's state now and every heartbeat interval."""
+
+    def __init__(self, nc: Client, settings: WorkerSettings, address: str) -> None:
+        self._nc = nc
+        self._settings = settings
+        self.message = mesh_pb2.WorkerAnnouncement(
+            instance_id=f"{settings.model_name}-{settings.model_version}-{settings.instance_index}-"
+            f"{uuid.uuid4().hex[:8]}",
+            model_name=settings.model_name,
+            model_version=settings.model_version,
+            state=mesh_pb2.LOADING,
+            address=address,
+            max_inflight_batches=1,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+        )
+
+    async def publish(self, state: mesh_pb2.InstanceState | None = None, reason: str | None = None) -> None:
+        if state is not None:
+            self.message.state = state
+        if reason is not None:
+            self.message.reason = reason
+        try:
+            await self._nc.publish(subjects.worker_announce(), self.message.SerializeToString())
+        except Exception as exc:  # NATS down: the next heartbeat tries again
+            log.warning("cannot announce: %s", exc)
+
+    async def heartbeat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.publish()
+            try:
+                async with asyncio.timeout(self._settings.heartbeat_interval_s):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+
+
+async def _load(settings: WorkerSettings, compute: ThreadPoolExecutor, announcer: Announcer) -> Backend | None:
+    """Load the model on the compute thread; on failure announce UNAVAILABLE with the reason."""
+    model_dir = settings.model_repository / settings.model_name
+    loop = asyncio.get_running_loop()
+    try:
+        config = load_config(model_dir)
+        announcer.message.model_config = config.SerializeToString()
+        announcer.message.platform = config.platform or config.backend
+        await announcer.publish(mesh_pb2.LOADING)
+        backend = create_backend(config.backend)
+        ctx = LoadContext(
+            model_name=settings.model_name,
+            model_version=settings.model_version,
+            model_dir=model_dir,
+            config=config,
+            config_json=config_to_json(config),
+            instance_name=f"{settings.model_name}_{settings.instance_index}",
+            device=settings.device,
+        )
+        await loop.run_in_executor(compute, backend.load, ctx)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
+        log.error("model %s version %d failed to load: %s", settings.model_name, settings.model_version, reason)
+        await announcer.publish(mesh_pb2.UNAVAILABLE, f"failed to load: {reason}")
+        return None
+    return backend
+
+
+async def run(settings: WorkerSettings) -> None:
+    stop = install_stop_signals()
+    nc = await connect_nats(settings.nats_url, f"worker-{settings.model_name}-{settings.instance_index}")
+    compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+    limit = settings.limits.grpc_message_bytes
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    announcer = Announcer(nc, settings, f"{settings.host}:{port}")
+
+    async def on_query(_msg: object) -> None:
+        await announcer.publish()
+
+    await nc.subscribe(subjects.worker_query(), cb=on_query)
+    backend: Backend | None = None
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(announcer.heartbeat(stop))
+            backend = await _load(settings, compute, announcer)
+            if backend is not None:
+                executor = BatchExecutor(backend, nc.publish, compute, settings.limits.max_message_bytes)
+                mesh_pb2_grpc.add_WorkerServicer_to_server(WorkerService(executor), server)
+                await server.start()
+                await announcer.publish(mesh_pb2.READY, "")
+            announce_ready(
+                "worker",
+                model=settings.model_name,
+                version=settings.model_version,
+                instance=settings.instance_index,
+                address=announcer.message.address,
+                state=mesh_pb2.InstanceState.Name(announcer.message.state),
+                reason=announcer.message.reason,
+            )
+            await stop.wait()
+            await announcer.publish(mesh_pb2.STOPPING)
+            await server.stop(grace=settings.exit_timeout_s)
+    finally:
+        if backend is not None:
+            await asyncio.get_running_loop().run_in_executor(compute, backend.unload)
+        compute.shutdown(wait=False)
+        await nc.drain()

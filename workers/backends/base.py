@@ -1,0 +1,76 @@
+"""The seam between the worker and a model backend: ``load / execute / unload``.
+
+A backend sees decoded requests (numpy arrays, BYTES as object arrays) and returns one result per
+request, in order.  It never sees NATS, gRPC or protobuf.  ``execute`` runs on the worker's one
+compute thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from meshserve.errors import MeshError
+from meshserve.pb import model_config_pb2 as mc
+
+__all__ = ["LoadContext", "Request", "Result", "Backend", "ParamValue"]
+
+ParamValue = bool | int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    """What a backend needs to load one model version on one device."""
+
+    model_name: str
+    model_version: int
+    model_dir: Path
+    config: mc.ModelConfig
+    config_json: dict[str, Any]
+    instance_name: str
+    device: str = "cpu"
+    """``cpu`` or ``cuda:N``."""
+
+    @property
+    def version_dir(self) -> Path:
+        return self.model_dir / str(self.model_version)
+
+    @property
+    def repository(self) -> Path:
+        return self.model_dir.parent
+
+
+@dataclass(slots=True)
+class Request:
+    """One inference request of a batch, decoded.  Arrays may be read-only views of the wire bytes."""
+
+    request_id: str
+    inputs: dict[str, np.ndarray]
+    requested_outputs: list[str] = field(default_factory=list)
+    """Names the client asked for; empty means all outputs."""
+    parameters: dict[str, ParamValue] = field(default_factory=dict)
+    batch_size: int = 0
+    """Rows this request holds on the batch dimension (0 when the model does not batch)."""
+
+
+@dataclass(slots=True)
+class Result:
+    """The answer to one request: outputs by name, or the error that request gets."""
+
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    error: MeshError | None = None
+    parameters: dict[str, ParamValue] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    def load(self, ctx: LoadContext) -> None:
+        """Load the model; raise a MeshError (or any exception) saying why it cannot be served."""
+
+    def execute(self, requests: list[Request]) -> list[Result]:
+        """Run one batch; return exactly one Result per request, in order."""
+
+    def unload(self) -> None:
+        """Release the model (python: ``finalize``)."""
