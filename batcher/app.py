@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 
 from meshserve import subjects
 from meshserve.errors import MeshError, Unavailable
-from meshserve.lifecycle import install_stop_signals
+from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.pb import mesh_pb2
@@ -159,7 +159,7 @@ def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
 
 
 async def run(settings: BatcherSettings) -> None:
-    stop = install_stop_signals()
+    stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, "batcher")
     try:
         async with asyncio.TaskGroup() as tg:
@@ -172,7 +172,7 @@ async def run(settings: BatcherSettings) -> None:
     except* _Stop:
         pass
     finally:
-        await nc.drain()
+        await close_nats(nc)
 
 
 class _Stop(Exception):

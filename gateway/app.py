@@ -10,7 +10,7 @@ from aiohttp import web
 from nats.aio.msg import Msg
 
 from meshserve import subjects
-from meshserve.lifecycle import install_stop_signals
+from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
@@ -28,7 +28,7 @@ __all__ = ["run"]
 
 
 async def run(settings: GatewaySettings) -> None:
-    stop = install_stop_signals()
+    stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, "gateway")
     models = ModelTable(settings.instance_stale_after_s)
     if settings.model_repository is not None:
@@ -73,7 +73,7 @@ async def run(settings: GatewaySettings) -> None:
     finally:
         await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
         await runner.cleanup()
-        await nc.drain()
+        await close_nats(nc)
 
 
 def _bind(host: str, port: int) -> socket.socket:

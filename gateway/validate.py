@@ -50,6 +50,12 @@ class Prepared:
 
 
 def build_request(call: InferCall, view: ModelView, default_timeout_s: float, max_bytes: int) -> Prepared:
+    total = sum(len(tensor.data) for tensor in call.inputs)
+    if total > max_bytes:
+        raise PayloadTooLarge(
+            f"request tensors total {total} bytes, over the limit of {max_bytes} bytes "
+            "(raise --max-message-bytes / MESHSERVE_MAX_MESSAGE_BYTES)"
+        )
     batch_size = _check_inputs(call, view)
     _check_outputs(call, view)
     timeout_s = _timeout_s(call.parameters, default_timeout_s)
@@ -63,16 +69,9 @@ def build_request(call: InferCall, view: ModelView, default_timeout_s: float, ma
         trace_id=call.request_id or uuid.uuid4().hex,
         batch_size=batch_size,
     )
-    total = 0
     for tensor in call.inputs:
-        total += len(tensor.data)
         message.inputs.append(
             mesh_pb2.Tensor(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, data=bytes(tensor.data))
-        )
-    if total > max_bytes:
-        raise PayloadTooLarge(
-            f"request tensors total {total} bytes, over the limit of {max_bytes} bytes "
-            "(raise --max-message-bytes / MESHSERVE_MAX_MESSAGE_BYTES)"
         )
     for key, value in call.parameters.items():
         if key in RESERVED_PARAMETERS or key.startswith("triton_"):

@@ -50,6 +50,7 @@ def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
                    help="largest request/response any hop accepts, bytes (default %(default)s)")
     p.add_argument("--request-timeout-secs", type=float, default=float(env_default("request_timeout_secs", "60")),
                    help="deadline of requests without a 'timeout' parameter, seconds (default %(default)s)")
+    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
 
 
 def _add_gateway_flags(p: argparse.ArgumentParser) -> None:
@@ -106,7 +107,7 @@ def _gateway_settings(args: argparse.Namespace, nats_url: str) -> GatewaySetting
     return GatewaySettings(
         nats_url=nats_url, model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, strict_readiness=args.strict_readiness,
-        limits=_limits(args),
+        exit_with_parent=getattr(args, 'exit_with_parent', False), limits=_limits(args),
     )
 
 
@@ -131,12 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         coro = _service("gateway.app")(_gateway_settings(args, args.nats_url))
     elif args.command == "batcher":
         coro = _service("batcher.app")(BatcherSettings(
-            nats_url=args.nats_url, max_queue_size=args.max_queue_size, limits=_limits(args)))
+            nats_url=args.nats_url, max_queue_size=args.max_queue_size, exit_with_parent=args.exit_with_parent,
+            limits=_limits(args)))
     else:
         coro = _service("workers.app")(WorkerSettings(
             nats_url=args.nats_url, model_repository=args.model_repository.resolve(), model_name=args.model_name,
             model_version=args.model_version, instance_index=args.instance_index, host=args.host, port=args.port,
-            device=args.device, limits=_limits(args)))
+            device=args.device, exit_with_parent=args.exit_with_parent, limits=_limits(args)))
     try:
         import uvloop
 

@@ -100,6 +100,7 @@ class Launcher:
             sys.executable, "-m", "meshserve.cli", *args,
             stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the children in order
         )
         child = Child(name, process, asyncio.get_running_loop().create_future())
         child.reader = asyncio.create_task(self._read(child))
@@ -131,7 +132,7 @@ class Launcher:
             log.info("embedded nats-server listening on %s", nats_url)
         common = ["--nats-url", nats_url, "--log-verbose", str(s.log_verbose),
                   "--max-message-bytes", str(s.limits.max_message_bytes),
-                  "--request-timeout-secs", str(s.limits.request_timeout_s)]
+                  "--request-timeout-secs", str(s.limits.request_timeout_s), "--exit-with-parent"]
         batcher = await self._spawn("batcher", ["batcher", *common])
         await self._wait_ready([batcher])
         g = s.gateway

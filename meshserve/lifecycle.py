@@ -1,15 +1,26 @@
-"""Stop signals for services: SIGTERM/SIGINT set an event; a second SIGINT exits at once."""
+"""Stop signals for services: SIGTERM/SIGINT set an event; a second SIGINT exits at once.
+
+Services that ``meshserve up`` starts also stop when their parent goes away (``--exit-with-parent``),
+so a launcher killed with SIGKILL leaves no orphans behind.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 
-__all__ = ["install_stop_signals"]
+from nats.aio.client import Client
+
+__all__ = ["install_stop_signals", "close_nats"]
+
+log = logging.getLogger(__name__)
+
+_background: set[asyncio.Task[None]] = set()
 
 
-def install_stop_signals() -> asyncio.Event:
+def install_stop_signals(exit_with_parent: bool = False, poll_s: float = 1.0) -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -20,4 +31,28 @@ def install_stop_signals() -> asyncio.Event:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if exit_with_parent:
+        task = loop.create_task(_watch_parent(stop, os.getppid(), poll_s))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     return stop
+
+
+async def _watch_parent(stop: asyncio.Event, parent: int, poll_s: float) -> None:
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone; stopping", parent)
+            stop.set()
+            return
+        await asyncio.sleep(poll_s)
+
+
+async def close_nats(nc: Client) -> None:
+    """Drain when connected (delivers what is buffered); otherwise just close."""
+    try:
+        if nc.is_connected:
+            await nc.drain()
+            return
+    except Exception as exc:
+        log.debug("nats drain failed: %s", exc)
+    await nc.close()

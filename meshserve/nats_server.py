@@ -70,7 +70,7 @@ async def start_nats_server(
     )
     process = await asyncio.create_subprocess_exec(
         binary, "-c", str(conf), "-a", "127.0.0.1", "-p", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )
     assert process.stderr is not None
     try:

@@ -33,7 +33,7 @@ def list_versions(model_dir: Path) -> list[int]:
     """Numeric version directories, ascending."""
     versions = []
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and not child.name.startswith("0"):
+        if child.is_dir() and child.name.isascii() and child.name.isdigit() and not child.name.startswith("0"):
             versions.append(int(child.name))
     return sorted(versions)
 

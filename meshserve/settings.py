@@ -57,6 +57,8 @@ class GatewaySettings:
     """ServerReady is true only when every model is ready (Triton's ``--strict-readiness``)."""
     instance_stale_after_s: float = 5.0
     """A worker silent for this long no longer counts toward a model's readiness."""
+    exit_with_parent: bool = False
+    """Stop when the parent process (``meshserve up``) goes away."""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -69,6 +71,8 @@ class BatcherSettings:
     """A worker silent this long is dropped from the pool; its in-flight batches are failed."""
     inflight_batches_per_instance: int = 1
     """Batches sent to one worker instance before it answers (kept 1: one batch at a time)."""
+    exit_with_parent: bool = False
+    """Stop when the parent process (``meshserve up``) goes away."""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -86,6 +90,8 @@ class WorkerSettings:
     """``cpu`` or ``cuda:N``; the launcher picks it from the instance group."""
     exit_timeout_s: float = 10.0
     """On SIGTERM, how long batches in flight may take to finish."""
+    exit_with_parent: bool = False
+    """Stop when the parent process (``meshserve up``) goes away."""
     limits: Limits = field(default_factory=Limits)
 
 

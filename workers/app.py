@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from meshserve import subjects
 from meshserve.errors import MeshError
-from meshserve.lifecycle import install_stop_signals
+from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.model_config import config_to_json, load_config
@@ -107,7 +107,7 @@ async def _load(settings: WorkerSettings, compute: ThreadPoolExecutor, announcer
 
 
 async def run(settings: WorkerSettings) -> None:
-    stop = install_stop_signals()
+    stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, f"worker-{settings.model_name}-{settings.instance_index}")
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     limit = settings.limits.grpc_message_bytes
@@ -147,4 +147,4 @@ async def run(settings: WorkerSettings) -> None:
         if backend is not None:
             await asyncio.get_running_loop().run_in_executor(compute, backend.unload)
         compute.shutdown(wait=False)
-        await nc.drain()
+        await close_nats(nc)

@@ -1,0 +1,95 @@
+"""Start and stop a real mesh (`meshserve up`: nats-server, batcher, gateway, workers) for tests.
+
+Everything binds 127.0.0.1 on free ports, so two test runs can share a machine.  The mesh runs in
+its own process group; stopping it sends SIGTERM, waits, then kills the whole group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_MARKER = "MESHSERVE_READY "
+
+
+@dataclass
+class Mesh:
+    process: subprocess.Popen[str]
+    grpc_url: str
+    http_url: str
+    models: dict[str, str]
+    log_path: Path
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def build_repository(target: Path, extra: Path | None = None) -> Path:
+    """The example repository plus, optionally, the test models."""
+    shutil.copytree(ROOT / "examples" / "model_repository", target)
+    if extra is not None:
+        for model in extra.iterdir():
+            shutil.copytree(model, target / model.name)
+    return target
+
+
+def start_mesh(repository: Path, log_path: Path, *extra_args: str, timeout_s: float = 120.0) -> Mesh:
+    args = [
+        sys.executable, "-m", "meshserve.cli", "up", "--model-repository", str(repository),
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *extra_args,
+    ]
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=ROOT, start_new_session=True
+    )
+    ready: dict[str, object] = {}
+    done = threading.Event()
+
+    def read_stdout() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(READY_MARKER) and not ready:
+                ready.update(json.loads(line[len(READY_MARKER):]))
+                done.set()
+        done.set()
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    if not done.wait(timeout_s) or not ready:
+        mesh = Mesh(process, "", "", {}, log_path)
+        mesh.stop()
+        raise RuntimeError(f"mesh did not become ready in {timeout_s}s; log:\n{mesh.log()[-4000:]}")
+    return Mesh(
+        process,
+        grpc_url=f"127.0.0.1:{ready['grpc_port']}",
+        http_url=f"127.0.0.1:{ready['http_port']}",
+        models=dict(ready["models"]),  # type: ignore[arg-type]
+        log_path=log_path,
+    )
+
+
+def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
