@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from batcher.link import InFlight, InstanceLink
+from batcher.policy import Pending
+from batcher.registry import rules_from_announcement, signature_of
+from batcher.scheduler import ModelScheduler, Queued
 from meshserve import subjects
 from meshserve.errors import MeshError, Unavailable
 from meshserve.lifecycle import close_nats, install_stop_signals
@@ -16,10 +21,6 @@ from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.pb import mesh_pb2
 from meshserve.settings import BatcherSettings
-from batcher.link import InFlight, InstanceLink
-from batcher.policy import Pending
-from batcher.registry import rules_from_announcement, signature_of
-from batcher.scheduler import ModelScheduler, Queued
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class Batcher:
 
     async def start(self) -> None:
         await self._nc.subscribe(subjects.worker_announce(), cb=self._on_announce)
-        await self._nc.subscribe(subjects.infer_all(), queue=subjects.BATCHER_QUEUE_GROUP, cb=self._on_request)
+        await self._nc.subscribe(
+            subjects.infer_all(), queue=subjects.BATCHER_QUEUE_GROUP, cb=self._on_request
+        )
         await self._nc.publish(subjects.worker_query(), b"")
         self._tg.create_task(self._reap_stale())
 
@@ -100,8 +103,11 @@ class Batcher:
         scheduler = self._schedulers.get(key)
         if scheduler is None:
             scheduler = ModelScheduler(
-                ann.model_name, ann.model_version, rules_from_announcement(ann),
-                self._settings.max_queue_size, self.reply_error,
+                ann.model_name,
+                ann.model_version,
+                rules_from_announcement(ann),
+                self._settings.max_queue_size,
+                self.reply_error,
             )
             self._schedulers[key] = scheduler
             self._tg.create_task(scheduler.run())
@@ -111,14 +117,16 @@ class Batcher:
                 ann.address,
                 min(ann.max_inflight_batches or 1, self._settings.inflight_batches_per_instance),
                 self._settings.limits.grpc_message_bytes,
-                on_done=lambda lk, fl, s=scheduler: s.notify(),
-                on_lost=lambda lk, flights, reason, s=scheduler: self._on_lost(s, lk, flights, reason),
+                on_done=functools.partial(_notify, scheduler),
+                on_lost=functools.partial(self._on_lost, scheduler),
             )
             scheduler.add_link(link)
             self._tg.create_task(link.read())
             log.info("instance %s of %s v%d joined at %s", ann.instance_id, *key, ann.address)
 
-    def _on_lost(self, scheduler: ModelScheduler, link: InstanceLink, flights: list[InFlight], reason: str) -> None:
+    def _on_lost(
+        self, scheduler: ModelScheduler, link: InstanceLink, flights: list[InFlight], reason: str
+    ) -> None:
         log.warning("instance %s lost with %d batches in flight: %s", link.instance_id, len(flights), reason)
         scheduler.remove_link(link.instance_id)
         self._tg.create_task(scheduler.fail_lost(flights, reason))
@@ -150,6 +158,10 @@ class Batcher:
             await scheduler.drain(Unavailable("batcher is shutting down"))
             for link in list(scheduler.links.values()):
                 await link.close()
+
+
+def _notify(scheduler: ModelScheduler, link: InstanceLink, flight: InFlight) -> None:
+    scheduler.notify()
 
 
 def _monotonic_deadline(deadline_unix_ns: int) -> float | None:

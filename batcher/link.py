@@ -18,7 +18,7 @@ from meshserve.pb import mesh_pb2, mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InstanceLink", "InFlight"]
+__all__ = ["InFlight", "InstanceLink"]
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["BatchingRules", "Pending", "Decision", "Reason", "decide"]
+__all__ = ["BatchingRules", "Decision", "Pending", "Reason", "decide"]
 
 
 class Reason(Enum):

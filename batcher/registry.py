@@ -7,9 +7,9 @@ from which the batching rules are read.
 
 from __future__ import annotations
 
+from batcher.policy import BatchingRules
 from meshserve.model_config import config_from_bytes
 from meshserve.pb import mesh_pb2
-from batcher.policy import BatchingRules
 
 __all__ = ["rules_from_announcement", "signature_of"]
 

@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from meshserve.errors import DeadlineExceeded, MeshError, QueueFull, Unavailable, WorkerLost
-from meshserve.pb import mesh_pb2
 from batcher.link import InFlight, InstanceLink
 from batcher.policy import BatchingRules, Pending, decide
+from meshserve.errors import DeadlineExceeded, MeshError, QueueFull, Unavailable, WorkerLost
+from meshserve.pb import mesh_pb2
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class Queued:
 
 
 class ModelScheduler:
-    def __init__(self, model: str, version: int, rules: BatchingRules, max_queue_size: int, reply_error: ReplyError) -> None:
+    def __init__(
+        self, model: str, version: int, rules: BatchingRules, max_queue_size: int, reply_error: ReplyError
+    ) -> None:
         self.model, self.version = model, version
         self.rules = rules
         self._max_queue_size = max_queue_size
@@ -103,7 +105,9 @@ class ModelScheduler:
             now = time.monotonic()
             await self._expire(now)
             if not self._links and self._queue:
-                await self._fail_all(Unavailable(f"model '{self.model}' version {self.version} has no live instance"))
+                await self._fail_all(
+                    Unavailable(f"model '{self.model}' version {self.version} has no live instance")
+                )
             link = next((lk for lk in self._links.values() if lk.free), None)
             if link is None or not self._queue:
                 return self._next_deadline()
@@ -125,7 +129,9 @@ class ModelScheduler:
         kept: deque[Queued] = deque()
         for q in self._queue:
             if q.deadline_s is not None and q.deadline_s <= now:
-                await self._reply_error(q, DeadlineExceeded("Request timeout expired while queued in the batcher"))
+                await self._reply_error(
+                    q, DeadlineExceeded("Request timeout expired while queued in the batcher")
+                )
             else:
                 kept.append(q)
         self._queue = kept

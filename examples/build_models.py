@@ -1,6 +1,6 @@
 """Build the TorchScript example models with fixed seeds (their outputs are reproducible).
 
-    python examples/build_models.py [--repository examples/model_repository]
+python examples/build_models.py [--repository examples/model_repository]
 """
 
 from __future__ import annotations

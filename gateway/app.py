@@ -9,6 +9,11 @@ import grpc
 from aiohttp import web
 from nats.aio.msg import Msg
 
+from gateway.core import InferenceCore
+from gateway.dispatcher import Dispatcher
+from gateway.grpc_service import InferenceServicer
+from gateway.http_service import build_app
+from gateway.models import ModelTable
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
@@ -16,11 +21,6 @@ from meshserve.messaging import connect_nats
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 from meshserve.pb import mesh_pb2
 from meshserve.settings import GatewaySettings
-from gateway.core import InferenceCore
-from gateway.dispatcher import Dispatcher
-from gateway.grpc_service import InferenceServicer
-from gateway.http_service import build_app
-from gateway.models import ModelTable
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ async def run(settings: GatewaySettings) -> None:
     http_socket = _bind(settings.host, settings.http_port)
     await web.SockSite(runner, http_socket).start()
     http_port = http_socket.getsockname()[1]
-    announce_ready("gateway", host=settings.host, grpc_port=grpc_port, http_port=http_port, nats=settings.nats_url)
+    announce_ready(
+        "gateway", host=settings.host, grpc_port=grpc_port, http_port=http_port, nats=settings.nats_url
+    )
     try:
         await stop.wait()
         core.shutting_down = True

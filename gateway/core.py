@@ -9,19 +9,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meshserve import __version__
-from meshserve.errors import MeshError
-from meshserve.pb import mesh_pb2
-from meshserve.settings import GatewaySettings
 from gateway.dispatcher import Dispatcher
 from gateway.models import ModelState, ModelTable, ModelView
 from gateway.stats import StatsBook
 from gateway.validate import InferCall, build_request
+from meshserve import __version__
+from meshserve.errors import MeshError
+from meshserve.pb import mesh_pb2
+from meshserve.settings import GatewaySettings
 
-__all__ = ["InferenceCore", "SERVER_NAME", "EXTENSIONS", "InferOutcome"]
+__all__ = ["EXTENSIONS", "SERVER_NAME", "InferOutcome", "InferenceCore"]
 
-SERVER_NAME = "meshserve"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters")
+SERVER_NAME = "triton"
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters", "meshserve")
 """Only what meshserve implements; see docs/architecture.md "How meshserve identifies itself"."""
 
 
@@ -39,7 +39,9 @@ class InferenceCore:
         self._dispatcher = dispatcher
         self.shutting_down = False
 
-    async def infer(self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None) -> InferOutcome:
+    async def infer(
+        self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
+    ) -> InferOutcome:
         view = self.models.ready_view(model, version)
         limits = self.settings.limits
         start = time.perf_counter_ns()
@@ -47,7 +49,9 @@ class InferenceCore:
         try:
             prepared = build_request(call, view, limits.request_timeout_s, limits.max_message_bytes)
             rows = prepared.message.batch_size
-            timeout_s = prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
+            timeout_s = (
+                prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
+            )
             response = await self._dispatcher.infer(prepared.message, timeout_s)
         except MeshError:
             self.stats.record(view.name, view.version, False, time.perf_counter_ns() - start, rows)
@@ -83,10 +87,12 @@ class InferenceCore:
             "versions": ready_versions,
             "platform": view.platform,
             "inputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)} for s in view.inputs.values()
+                {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)}
+                for s in view.inputs.values()
             ],
             "outputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)} for s in view.outputs.values()
+                {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)}
+                for s in view.outputs.values()
             ],
         }
 
@@ -101,10 +107,24 @@ class InferenceCore:
             state = self.models.state(view)
             if ready_only and state is not ModelState.READY:
                 continue
-            rows.append({"name": view.name, "version": str(view.version), "state": state.value, "reason": view.reason()})
+            rows.append(
+                {
+                    "name": view.name,
+                    "version": str(view.version),
+                    "state": state.value,
+                    "reason": view.reason(),
+                }
+            )
         for name in self.models.names():
             if name not in seen and not ready_only:
-                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": self.models.declared_error(name)})
+                rows.append(
+                    {
+                        "name": name,
+                        "version": "",
+                        "state": "UNAVAILABLE",
+                        "reason": self.models.declared_error(name),
+                    }
+                )
         return rows
 
     def statistics(self, model: str, version: str) -> list[dict[str, Any]]:

@@ -30,7 +30,8 @@ class Dispatcher:
             msg = await self._nc.request(subject, request.SerializeToString(), timeout=timeout_s)
         except nats.errors.TimeoutError:
             raise DeadlineExceeded(
-                f"Request timeout expired: no response from model '{request.model_name}' within {timeout_s:g} s"
+                "Request timeout expired: no response from model "
+                f"'{request.model_name}' within {timeout_s:g} s"
             ) from None
         except nats.errors.NoRespondersError:
             raise Unavailable("no batcher is serving requests (none is subscribed on NATS)") from None

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from gateway.validate import InferCall, InputTensor, ParamValue
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput
 from meshserve.pb import grpc_service_pb2 as pb
 from meshserve.pb import mesh_pb2
-from gateway.validate import InferCall, InputTensor, ParamValue
 
 __all__ = ["decode_infer", "encode_infer", "param_to_python", "python_to_param"]
 
@@ -54,27 +54,39 @@ def python_to_param(param: pb.InferParameter, value: Any) -> None:
 
 
 def decode_infer(request: pb.ModelInferRequest) -> InferCall:
+    """Inputs take typed ``contents`` or, in order, the next ``raw_input_contents`` entry (Triton's rule
+    and wording: mixing both in one request is refused, since clients match on that message)."""
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidArgument(
-            f"expected {len(request.inputs)} raw_input_contents (one per input), got {len(raw)}"
-        )
+    model = request.model_name
+    next_raw = 0
     inputs = []
-    for i, tensor in enumerate(request.inputs):
+    for tensor in request.inputs:
         for key in tensor.parameters:
             if key.startswith("shared_memory"):
                 raise InvalidArgument(
-                    f"input '{tensor.name}': shared memory inputs are not supported by meshserve; send the data"
+                    f"input '{tensor.name}': shared memory inputs are not supported by meshserve; "
+                    "send the data"
                 )
-        if raw:
-            if tensor.HasField("contents"):
+        data: bytes
+        if tensor.HasField("contents"):
+            if raw:
                 raise InvalidArgument(
-                    f"input '{tensor.name}': contents must not be specified when using raw_input_contents"
+                    "contents field must not be specified when using raw_input_contents for "
+                    f"'{tensor.name}' for model '{model}'"
                 )
-            data: bytes = raw[i]
-        else:
             data = _contents_to_bytes(tensor)
+        elif next_raw < len(raw):
+            data = raw[next_raw]
+            next_raw += 1
+        else:
+            raise InvalidArgument(
+                f"unable to find data for input tensor '{tensor.name}' for model '{model}' in request."
+            )
         inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
+    if next_raw < len(raw):
+        raise InvalidArgument(
+            f"{len(raw)} raw_input_contents given for {next_raw} inputs that take raw data for model '{model}'"
+        )
     return InferCall(
         request_id=request.id,
         inputs=inputs,

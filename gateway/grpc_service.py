@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
+from gateway.core import InferenceCore
+from gateway.grpc_codec import decode_infer, encode_infer
 from meshserve.errors import Internal, MeshError, Unsupported
 from meshserve.pb import grpc_service_pb2 as pb
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
-from gateway.core import InferenceCore
-from gateway.grpc_codec import decode_infer, encode_infer
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ __all__ = ["InferenceServicer"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Ctx = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
 _COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
 
@@ -36,7 +37,7 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Map any error to a status once; mirror the client's request compression on the response."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
         _mirror_compression(context)
         try:
             return await method(self, request, context)
@@ -55,7 +56,7 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def _mirror_compression(context: grpc.aio.ServicerContext) -> None:
+def _mirror_compression(context: Ctx) -> None:
     for key, value in context.invocation_metadata() or ():
         if key == "grpc-encoding" and value in _COMPRESSION:
             context.set_compression(_COMPRESSION[str(value)])
@@ -63,7 +64,7 @@ def _mirror_compression(context: grpc.aio.ServicerContext) -> None:
 
 
 def _not_yet(name: str, issue: str) -> Handler[Any, Any]:
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(self: Any, request: Any, context: Ctx) -> Any:
         raise Unsupported(f"{name} is not implemented by meshserve yet ({issue})")
 
     handler.__name__ = name
@@ -75,59 +76,61 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._core = core
 
     @_rpc
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._core.live())
 
     @_rpc
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Ctx) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._core.ready())
 
     @_rpc
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Ctx) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self._core.model_ready(request.name, request.version))
 
     @_rpc
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ServerMetadataRequest, context: Ctx
     ) -> pb.ServerMetadataResponse:
         return json_format.ParseDict(self._core.server_metadata(), pb.ServerMetadataResponse())
 
     @_rpc
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelMetadataResponse:
-        return json_format.ParseDict(self._core.model_metadata(request.name, request.version), pb.ModelMetadataResponse())
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Ctx) -> pb.ModelMetadataResponse:
+        return json_format.ParseDict(
+            self._core.model_metadata(request.name, request.version), pb.ModelMetadataResponse()
+        )
 
     @_rpc
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Ctx) -> pb.ModelConfigResponse:
         view = self._core.model_config(request.name, request.version)
         return pb.ModelConfigResponse(config=view.config)
 
     @_rpc
     async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelStatisticsRequest, context: Ctx
     ) -> pb.ModelStatisticsResponse:
         stats = self._core.statistics(request.name, request.version)
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     @_rpc
     async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RepositoryIndexRequest, context: Ctx
     ) -> pb.RepositoryIndexResponse:
         rows = self._core.repository_index(request.ready)
         return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
 
     @_rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
         return await self._infer(request, context.time_remaining())
 
-    async def _infer(self, request: pb.ModelInferRequest, client_timeout_s: float | None) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, client_timeout_s: float | None
+    ) -> pb.ModelInferResponse:
         call = decode_infer(request)
         outcome = await self._core.infer(request.model_name, request.model_version, call, client_timeout_s)
         return encode_infer(outcome.response, outcome.view.version)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Ctx
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Non-decoupled models over a stream: one response per request, errors in-band."""
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
@@ -137,8 +140,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response = await self._infer(request, None)
                 await results.put(pb.ModelStreamInferResponse(infer_response=response))
             except MeshError as exc:
-                failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-                await results.put(pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed))
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                )
+                await results.put(
+                    pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+                )
 
         async def read_all(tg: asyncio.TaskGroup) -> None:
             async for request in request_iterator:
@@ -156,13 +163,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             pump_task.cancel()
 
-    RepositoryModelLoad = _not_yet("RepositoryModelLoad", "model control comes with the model-repository issue")
-    RepositoryModelUnload = _not_yet("RepositoryModelUnload", "model control comes with the model-repository issue")
-    SystemSharedMemoryStatus = _not_yet("SystemSharedMemoryStatus", "shared memory is not supported across a mesh")
-    SystemSharedMemoryRegister = _not_yet("SystemSharedMemoryRegister", "shared memory is not supported across a mesh")
-    SystemSharedMemoryUnregister = _not_yet("SystemSharedMemoryUnregister", "shared memory is not supported across a mesh")
-    CudaSharedMemoryStatus = _not_yet("CudaSharedMemoryStatus", "shared memory is not supported across a mesh")
-    CudaSharedMemoryRegister = _not_yet("CudaSharedMemoryRegister", "shared memory is not supported across a mesh")
-    CudaSharedMemoryUnregister = _not_yet("CudaSharedMemoryUnregister", "shared memory is not supported across a mesh")
+    RepositoryModelLoad = _not_yet(
+        "RepositoryModelLoad", "model control comes with the model-repository issue"
+    )
+    RepositoryModelUnload = _not_yet(
+        "RepositoryModelUnload", "model control comes with the model-repository issue"
+    )
+    SystemSharedMemoryStatus = _not_yet(
+        "SystemSharedMemoryStatus", "shared memory is not supported across a mesh"
+    )
+    SystemSharedMemoryRegister = _not_yet(
+        "SystemSharedMemoryRegister", "shared memory is not supported across a mesh"
+    )
+    SystemSharedMemoryUnregister = _not_yet(
+        "SystemSharedMemoryUnregister", "shared memory is not supported across a mesh"
+    )
+    CudaSharedMemoryStatus = _not_yet(
+        "CudaSharedMemoryStatus", "shared memory is not supported across a mesh"
+    )
+    CudaSharedMemoryRegister = _not_yet(
+        "CudaSharedMemoryRegister", "shared memory is not supported across a mesh"
+    )
+    CudaSharedMemoryUnregister = _not_yet(
+        "CudaSharedMemoryUnregister", "shared memory is not supported across a mesh"
+    )
     TraceSetting = _not_yet("TraceSetting", "tracing is planned")
     LogSettings = _not_yet("LogSettings", "runtime log settings are planned")

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from gateway.models import ModelView
+from gateway.validate import InferCall, InputTensor, ParamValue
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput
 from meshserve.pb import mesh_pb2
-from gateway.models import ModelView
-from gateway.validate import InferCall, InputTensor, ParamValue
 
 __all__ = ["HEADER_LENGTH", "HttpInfer", "decode_infer", "encode_infer"]
 
@@ -40,9 +40,7 @@ def decode_infer(body: bytes, header_length: str | None, view: ModelView) -> Htt
         except ValueError:
             raise InvalidArgument(f"{HEADER_LENGTH} must be an integer, got '{header_length}'") from None
         if json_length < 0 or json_length > len(body):
-            raise InvalidArgument(
-                f"{HEADER_LENGTH} is {json_length} but the body has only {len(body)} bytes"
-            )
+            raise InvalidArgument(f"{HEADER_LENGTH} is {json_length} but the body has only {len(body)} bytes")
         if json_length == 0:
             return _raw_binary_request(body, view)
     else:
@@ -125,7 +123,8 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
             raise InvalidInput(name, "'binary_data_size' must be a non-negative integer")
         if offset + size > len(binary):
             raise InvalidInput(
-                name, f"binary_data_size {size} runs past the end of the body ({len(binary) - offset} bytes left)"
+                name,
+                f"binary_data_size {size} runs past the end of the body ({len(binary) - offset} bytes left)",
             )
         return InputTensor(name, datatype, shape, binary[offset : offset + size]), size
     if "data" not in raw:
@@ -189,12 +188,16 @@ def _raw_binary_request(body: bytes, view: ModelView) -> HttpInfer:
             itemsize = tensors.DATATYPES[spec.datatype].itemsize
             shape[-1] = len(body) // itemsize
         else:
-            raise InvalidArgument(f"input '{spec.name}' has variable dims; a raw binary request cannot give its shape")
+            raise InvalidArgument(
+                f"input '{spec.name}' has variable dims; a raw binary request cannot give its shape"
+            )
     call = InferCall(request_id="", inputs=[InputTensor(spec.name, spec.datatype, shape, body)])
     return HttpInfer(call, {}, True)
 
 
-def encode_infer(response: mesh_pb2.InferResponse, model_version: int, request: HttpInfer) -> tuple[bytes, int | None]:
+def encode_infer(
+    response: mesh_pb2.InferResponse, model_version: int, request: HttpInfer
+) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensors follow it."""
     header: dict[str, Any] = {
         "model_name": response.model_name,
@@ -205,7 +208,11 @@ def encode_infer(response: mesh_pb2.InferResponse, model_version: int, request: 
         header["id"] = response.request_id
     chunks: list[bytes] = []
     for tensor in response.outputs:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
         binary = request.binary_outputs.get(tensor.name, request.binary_default)
         if binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
@@ -225,4 +232,5 @@ def _bytes_to_json_data(tensor: mesh_pb2.Tensor) -> list[Any]:
         return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array]
     if tensor.datatype == "BF16":
         return (array.astype(np.uint32) << 16).view(np.float32).tolist()  # type: ignore[no-any-return]
-    return array.tolist()  # type: ignore[no-any-return]
+    values: list[Any] = array.tolist()
+    return values

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
-from meshserve.model_config import config_to_json
 from gateway.core import InferenceCore
 from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
+from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
+from meshserve.model_config import config_to_json
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(value, separators=(",", ":")), status=status, content_type="application/json")
+    return web.Response(
+        body=json.dumps(value, separators=(",", ":")), status=status, content_type="application/json"
+    )
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -114,7 +116,9 @@ def build_app(core: InferenceCore) -> web.Application:
             response = web.Response(body=payload, content_type="application/json")
         else:
             response = web.Response(
-                body=payload, content_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
+                body=payload,
+                content_type="application/octet-stream",
+                headers={HEADER_LENGTH: str(header_length)},
             )
         if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get(
             "Accept-Encoding", ""

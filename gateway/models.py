@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from meshserve.errors import ModelNotFound, ModelNotReady
+from meshserve.errors import InvalidArgument, ModelNotFound, ModelNotReady
 from meshserve.model_config import config_from_bytes
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.repository import scan_repository
 from meshserve.tensors import config_type_to_datatype
 
-__all__ = ["ModelState", "TensorSpec", "ModelView", "ModelTable"]
+__all__ = ["ModelState", "ModelTable", "ModelView", "TensorSpec"]
 
 
 class ModelState(Enum):
@@ -64,7 +64,9 @@ class ModelView:
     @classmethod
     def from_config(cls, name: str, version: int, config: mc.ModelConfig) -> ModelView:
         def spec(t: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
-            return TensorSpec(t.name, config_type_to_datatype(mc.DataType.Name(t.data_type)), tuple(t.dims), optional)
+            return TensorSpec(
+                t.name, config_type_to_datatype(mc.DataType.Name(t.data_type)), tuple(t.dims), optional
+            )
 
         return cls(
             name=name,
@@ -83,6 +85,22 @@ class ModelView:
 
     def reason(self) -> str:
         return "; ".join(sorted(set(self.failures.values())))
+
+
+def parse_version(version: str) -> int:
+    """A request's version string as Triton reads it (its wording kept: clients match on it)."""
+    try:
+        wanted = int(version)
+    except ValueError:
+        raise InvalidArgument(
+            f"failed to get model version from specified version string '{version}' (details: stol), "
+            "version should be an integral value > 0"
+        ) from None
+    if wanted <= 0:
+        raise InvalidArgument(
+            f"invalid model version specified '{version}' , version should be an integral value > 0"
+        )
+    return wanted
 
 
 @dataclass(slots=True)
@@ -106,7 +124,9 @@ class ModelTable:
             self._declared[entry.name] = _Declared(entry.name, entry.versions, entry.error)
             if entry.config is not None:
                 for version in entry.versions:
-                    self._views.setdefault((entry.name, version), ModelView.from_config(entry.name, version, entry.config))
+                    self._views.setdefault(
+                        (entry.name, version), ModelView.from_config(entry.name, version, entry.config)
+                    )
 
     def apply(self, ann: mesh_pb2.WorkerAnnouncement) -> None:
         key = (ann.model_name, ann.model_version)
@@ -143,17 +163,18 @@ class ModelTable:
 
     def find(self, name: str, version: str = "") -> ModelView:
         """The view a request names; the highest READY version when ``version`` is empty."""
+        if version:
+            parse_version(version)
         views = self.versions_of(name)
         if not views:
             declared = self._declared.get(name)
             if declared is not None and declared.error:
-                raise ModelNotReady(f"Request for unknown model: '{name}' has no available versions ({declared.error})")
+                raise ModelNotReady(
+                    f"Request for unknown model: '{name}' has no available versions ({declared.error})"
+                )
             raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
         if version:
-            try:
-                wanted = int(version)
-            except ValueError:
-                raise ModelNotFound(f"Request for unknown model: '{name}' version '{version}' is not a number") from None
+            wanted = parse_version(version)
             for view in views:
                 if view.version == wanted:
                     return view
@@ -171,7 +192,9 @@ class ModelTable:
             raise ModelNotReady(
                 f"Request for unknown model: '{name}' has no available versions ({view.reason()})"
             )
-        raise ModelNotReady(f"Request for model '{name}' version {view.version}: the model is not ready yet (loading)")
+        raise ModelNotReady(
+            f"Request for model '{name}' version {view.version}: the model is not ready yet (loading)"
+        )
 
     def all_views(self) -> list[ModelView]:
         return sorted(self._views.values(), key=lambda v: (v.name, v.version))

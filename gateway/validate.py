@@ -11,12 +11,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from gateway.models import ModelView
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput, PayloadTooLarge
 from meshserve.pb import mesh_pb2
-from gateway.models import ModelView
 
-__all__ = ["InputTensor", "InferCall", "build_request", "RESERVED_PARAMETERS", "ParamValue"]
+__all__ = ["RESERVED_PARAMETERS", "InferCall", "InputTensor", "ParamValue", "build_request"]
 
 ParamValue = bool | int | float | str
 
@@ -71,7 +71,9 @@ def build_request(call: InferCall, view: ModelView, default_timeout_s: float, ma
     )
     for tensor in call.inputs:
         message.inputs.append(
-            mesh_pb2.Tensor(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, data=bytes(tensor.data))
+            mesh_pb2.Tensor(
+                name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, data=bytes(tensor.data)
+            )
         )
     for key, value in call.parameters.items():
         if key in RESERVED_PARAMETERS or key.startswith("triton_"):
@@ -89,7 +91,9 @@ def _check_inputs(call: InferCall, view: ModelView) -> int:
         if spec is None:
             raise InvalidArgument(f"unexpected inference input '{tensor.name}' for model '{view.name}'")
         if tensor.name in seen:
-            raise InvalidArgument(f"input '{tensor.name}' appears more than once in the request for model '{view.name}'")
+            raise InvalidArgument(
+                f"input '{tensor.name}' appears more than once in the request for model '{view.name}'"
+            )
         seen.add(tensor.name)
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(
@@ -97,9 +101,11 @@ def _check_inputs(call: InferCall, view: ModelView) -> int:
                 f"but model '{view.name}' expects '{spec.datatype}'"
             )
         expected = ([-1] if view.max_batch_size > 0 else []) + list(spec.dims)
-        if len(tensor.shape) != len(expected) or any(
-            e != -1 and e != g for e, g in zip(expected, tensor.shape, strict=True)
-        ) or any(g < 0 for g in tensor.shape):
+        if (
+            len(tensor.shape) != len(expected)
+            or any(e != -1 and e != g for e, g in zip(expected, tensor.shape, strict=True))
+            or any(g < 0 for g in tensor.shape)
+        ):
             raise InvalidArgument(
                 f"unexpected shape for input '{tensor.name}' for model '{view.name}'. "
                 f"Expected {_fmt(expected)}, got {_fmt(tensor.shape)}"

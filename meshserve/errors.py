@@ -12,19 +12,19 @@ from typing import ClassVar
 import grpc
 
 __all__ = [
-    "MeshError",
-    "InvalidInput",
+    "Cancelled",
+    "DeadlineExceeded",
+    "Internal",
     "InvalidArgument",
+    "InvalidInput",
+    "MeshError",
     "ModelNotFound",
     "ModelNotReady",
-    "QueueFull",
-    "DeadlineExceeded",
     "PayloadTooLarge",
-    "WorkerLost",
-    "Unsupported",
-    "Internal",
+    "QueueFull",
     "Unavailable",
-    "Cancelled",
+    "Unsupported",
+    "WorkerLost",
     "from_wire",
 ]
 

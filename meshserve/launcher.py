@@ -25,7 +25,7 @@ from meshserve.settings import UpSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_up", "worker_plan", "WorkerSpec"]
+__all__ = ["WorkerSpec", "run_up", "worker_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +97,12 @@ class Launcher:
 
     async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "meshserve.cli", *args,
-            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "meshserve.cli",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the children in order
         )
@@ -115,7 +119,9 @@ class Launcher:
             if ready is not None and not child.ready.done():
                 child.ready.set_result(ready)
         if not child.ready.done():
-            child.ready.set_exception(Unavailable(f"{child.name} exited with code {await child.process.wait()}"))
+            child.ready.set_exception(
+                Unavailable(f"{child.name} exited with code {await child.process.wait()}")
+            )
 
     async def _wait_ready(self, children: list[Child]) -> list[dict[str, Any]]:
         async with asyncio.timeout(self._settings.startup_timeout_s):
@@ -130,17 +136,40 @@ class Launcher:
             )
             nats_url = self._nats.url
             log.info("embedded nats-server listening on %s", nats_url)
-        common = ["--nats-url", nats_url, "--log-verbose", str(s.log_verbose),
-                  "--max-message-bytes", str(s.limits.max_message_bytes),
-                  "--request-timeout-secs", str(s.limits.request_timeout_s), "--exit-with-parent"]
+        common = [
+            "--nats-url",
+            nats_url,
+            "--log-verbose",
+            str(s.log_verbose),
+            "--max-message-bytes",
+            str(s.limits.max_message_bytes),
+            "--request-timeout-secs",
+            str(s.limits.request_timeout_s),
+            "--exit-with-parent",
+            "--event-loop",
+            s.event_loop,
+        ]
         batcher = await self._spawn("batcher", ["batcher", *common])
         await self._wait_ready([batcher])
         g = s.gateway
-        gateway = await self._spawn("gateway", [
-            "gateway", *common, "--model-repository", str(s.model_repository), "--host", g.host,
-            "--http-port", str(g.http_port), "--grpc-port", str(g.grpc_port),
-            "--metrics-port", str(g.metrics_port), f"--strict-readiness={str(g.strict_readiness).lower()}",
-        ])
+        gateway = await self._spawn(
+            "gateway",
+            [
+                "gateway",
+                *common,
+                "--model-repository",
+                str(s.model_repository),
+                "--host",
+                g.host,
+                "--http-port",
+                str(g.http_port),
+                "--grpc-port",
+                str(g.grpc_port),
+                "--metrics-port",
+                str(g.metrics_port),
+                f"--strict-readiness={str(g.strict_readiness).lower()}",
+            ],
+        )
         (gw,) = await self._wait_ready([gateway])
         entries = scan_repository(s.model_repository)
         for entry in entries:
@@ -148,12 +177,30 @@ class Launcher:
                 log.error("model '%s' cannot be served: %s", entry.name, entry.error)
         workers = []
         for spec in worker_plan(entries, _gpu_count()):
-            env = {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
+            env = (
+                {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
+            )
             device = "cuda:0" if env else "cpu"
-            workers.append(await self._spawn(f"worker {spec.model} v{spec.version} #{spec.instance}", [
-                "worker", *common, "--model-repository", str(s.model_repository), "--model-name", spec.model,
-                "--model-version", str(spec.version), "--instance-index", str(spec.instance), "--device", device,
-            ], env))
+            workers.append(
+                await self._spawn(
+                    f"worker {spec.model} v{spec.version} #{spec.instance}",
+                    [
+                        "worker",
+                        *common,
+                        "--model-repository",
+                        str(s.model_repository),
+                        "--model-name",
+                        spec.model,
+                        "--model-version",
+                        str(spec.version),
+                        "--instance-index",
+                        str(spec.instance),
+                        "--device",
+                        device,
+                    ],
+                    env,
+                )
+            )
         models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in entries if e.error}
         for ready in await self._wait_ready(workers):
             key = f"{ready['model']}:{ready['version']}"
@@ -163,7 +210,12 @@ class Launcher:
         for key, state in sorted(models.items()):
             log.info("model %-30s %s", key, state)
         log.info("gateway gRPC %s:%s  HTTP %s:%s", g.host, gw["grpc_port"], g.host, gw["http_port"])
-        return {"nats": nats_url, "grpc_port": gw["grpc_port"], "http_port": gw["http_port"], "models": models}
+        return {
+            "nats": nats_url,
+            "grpc_port": gw["grpc_port"],
+            "http_port": gw["http_port"],
+            "models": models,
+        }
 
     async def stop(self) -> None:
         for child in reversed(self._children):

@@ -13,7 +13,7 @@ import signal
 
 from nats.aio.client import Client
 
-__all__ = ["install_stop_signals", "close_nats"]
+__all__ = ["close_nats", "install_stop_signals"]
 
 log = logging.getLogger(__name__)
 

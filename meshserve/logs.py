@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["READY_MARKER", "setup_logging", "announce_ready", "parse_ready_line"]
+__all__ = ["READY_MARKER", "announce_ready", "parse_ready_line", "setup_logging"]
 
 READY_MARKER = "MESHSERVE_READY "
 

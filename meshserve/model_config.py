@@ -18,13 +18,13 @@ from meshserve.errors import InvalidArgument
 from meshserve.pb import model_config_pb2 as mc
 
 __all__ = [
-    "ConfigError",
     "CONFIG_FILENAME",
+    "ConfigError",
+    "complete_config",
+    "config_from_bytes",
+    "config_to_json",
     "load_config",
     "parse_config",
-    "complete_config",
-    "config_to_json",
-    "config_from_bytes",
 ]
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -77,9 +77,7 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
     if not config.name:
         config.name = model_name
     elif config.name != model_name:
-        raise ConfigError(
-            f"{source}: name '{config.name}' does not match its directory '{model_name}'"
-        )
+        raise ConfigError(f"{source}: name '{config.name}' does not match its directory '{model_name}'")
     if not config.backend:
         config.backend = _PLATFORM_TO_BACKEND.get(config.platform, "")
     if not config.backend:
@@ -138,7 +136,7 @@ def config_to_json(config: Message) -> dict[str, Any]:
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    return _ints_as_numbers(raw, config.DESCRIPTOR)
+    return _ints_as_numbers(raw, config.DESCRIPTOR)  # type: ignore[arg-type]
 
 
 _INT64_TYPES = {

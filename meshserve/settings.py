@@ -13,11 +13,11 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
-    "Limits",
-    "GatewaySettings",
     "BatcherSettings",
-    "WorkerSettings",
+    "GatewaySettings",
+    "Limits",
     "UpSettings",
+    "WorkerSettings",
     "env_default",
 ]
 
@@ -109,4 +109,6 @@ class UpSettings:
     startup_timeout_s: float = 120.0
     exit_timeout_s: float = 30.0
     log_verbose: int = 0
+    event_loop: str = "asyncio"
+    """``asyncio`` or ``uvloop``, for every process the launcher starts."""
     limits: Limits = field(default_factory=Limits)

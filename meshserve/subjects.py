@@ -7,13 +7,13 @@ escaped into a single subject token so that one model is always exactly one toke
 from __future__ import annotations
 
 __all__ = [
-    "PREFIX",
     "BATCHER_QUEUE_GROUP",
+    "PREFIX",
     "infer",
     "infer_all",
+    "model_token",
     "worker_announce",
     "worker_query",
-    "model_token",
 ]
 
 PREFIX = "meshserve"

@@ -21,13 +21,13 @@ __all__ = [
     "DatatypeInfo",
     "config_type_to_datatype",
     "datatype_to_config_type",
-    "numpy_to_datatype",
+    "deserialize_bytes",
     "element_count",
     "expected_byte_size",
-    "to_numpy",
     "from_numpy",
+    "numpy_to_datatype",
     "serialize_bytes",
-    "deserialize_bytes",
+    "to_numpy",
     "validate_bytes",
 ]
 
@@ -195,6 +195,8 @@ def validate_bytes(name: str, data: bytes | memoryview, count: int) -> None:
         (length,) = struct.unpack_from("<I", view, offset)
         offset += 4 + length
         if offset > end:
-            raise InvalidInput(name, f"BYTES element {i}: length prefix {length} runs past the end of the data")
+            raise InvalidInput(
+                name, f"BYTES element {i}: length prefix {length} runs past the end of the data"
+            )
     if offset != end:
         raise InvalidInput(name, f"{end - offset} bytes left over after {count} BYTES elements")

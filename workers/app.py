@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from nats.aio.client import Client
@@ -34,8 +35,8 @@ class WorkerService(mesh_pb2_grpc.WorkerServicer):
     def __init__(self, executor: BatchExecutor) -> None:
         self._executor = executor
 
-    async def Execute(  # noqa: N802 (gRPC method name)
-        self, request_iterator: AsyncIterator[mesh_pb2.Batch], context: grpc.aio.ServicerContext
+    async def Execute(
+        self, request_iterator: AsyncIterator[mesh_pb2.Batch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[mesh_pb2.BatchDone]:
         async for batch in request_iterator:
             yield await self._executor.run(batch)
@@ -78,7 +79,9 @@ class Announcer:
                 pass
 
 
-async def _load(settings: WorkerSettings, compute: ThreadPoolExecutor, announcer: Announcer) -> Backend | None:
+async def _load(
+    settings: WorkerSettings, compute: ThreadPoolExecutor, announcer: Announcer
+) -> Backend | None:
     """Load the model on the compute thread; on failure announce UNAVAILABLE with the reason."""
     model_dir = settings.model_repository / settings.model_name
     loop = asyncio.get_running_loop()
@@ -100,7 +103,9 @@ async def _load(settings: WorkerSettings, compute: ThreadPoolExecutor, announcer
         await loop.run_in_executor(compute, backend.load, ctx)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
-        log.error("model %s version %d failed to load: %s", settings.model_name, settings.model_version, reason)
+        log.error(
+            "model %s version %d failed to load: %s", settings.model_name, settings.model_version, reason
+        )
         await announcer.publish(mesh_pb2.UNAVAILABLE, f"failed to load: {reason}")
         return None
     return backend

@@ -13,7 +13,7 @@ from meshserve.errors import MeshError
 from meshserve.pb import mesh_pb2
 from workers.backends.base import ParamValue, Request, Result
 
-__all__ = ["decode_request", "encode_result", "encode_error", "param_value"]
+__all__ = ["decode_request", "encode_error", "encode_result", "param_value"]
 
 
 def param_value(param: mesh_pb2.Param) -> ParamValue:

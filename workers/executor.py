@@ -40,7 +40,9 @@ class BatchExecutor:
             try:
                 message.ParseFromString(item.request)
             except Exception:
-                log.warning("batch %d: undecodable request dropped (reply to %s)", batch.batch_id, item.reply_to)
+                log.warning(
+                    "batch %d: undecodable request dropped (reply to %s)", batch.batch_id, item.reply_to
+                )
                 await self._reply(item.reply_to, encode_error(message, Internal("undecodable mesh request")))
                 continue
             try:

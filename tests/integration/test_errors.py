@@ -16,15 +16,18 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from meshserve.harness import Mesh
 from tests.integration.conftest import MAX_MESSAGE_BYTES
-from tests.integration.mesh import Mesh
 
 GOOD = np.arange(16, dtype=np.int32).reshape(1, 16)
 
 
 def assert_still_serving(mesh: Mesh) -> None:
     client = grpcclient.InferenceServerClient(mesh.grpc_url)
-    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+    ]
     inputs[0].set_data_from_numpy(GOOD)
     inputs[1].set_data_from_numpy(GOOD)
     np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), GOOD * 2)
@@ -38,7 +41,7 @@ def stub(mesh: Mesh):  # type: ignore[no-untyped-def]
 
 
 def raw_request(model: str = "simple", **overrides: object) -> service_pb2.ModelInferRequest:
-    """A valid request for `simple`, then tensors adjusted by `overrides` (name → (datatype, shape, bytes))."""
+    """A valid request for `simple`; `overrides` replace tensors: name -> (datatype, shape, bytes)."""
     tensors = {"INPUT0": ("INT32", [1, 16], GOOD.tobytes()), "INPUT1": ("INT32", [1, 16], GOOD.tobytes())}
     tensors.update(overrides)  # type: ignore[arg-type]
     request = service_pb2.ModelInferRequest(model_name=model)
@@ -58,19 +61,44 @@ def grpc_error(stub, request) -> grpc.RpcError:  # type: ignore[no-untyped-def]
 
 
 GRPC_CASES = {
-    "unknown model": (raw_request("no_such_model"), grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'no_such_model'"),
-    "wrong input name": (raw_request(INPUT9=("INT32", [1, 16], GOOD.tobytes())), grpc.StatusCode.INVALID_ARGUMENT,
-                         "unexpected inference input 'INPUT9'"),
-    "missing input": (raw_request(INPUT1=None), grpc.StatusCode.INVALID_ARGUMENT, "missing required input(s) ['INPUT1']"),
-    "wrong dtype": (raw_request(INPUT0=("FP32", [1, 16], GOOD.astype(np.float32).tobytes())),
-                    grpc.StatusCode.INVALID_ARGUMENT, "data-type is 'FP32', but model 'simple' expects 'INT32'"),
-    "wrong shape": (raw_request(INPUT0=("INT32", [1, 8], GOOD[:, :8].tobytes())), grpc.StatusCode.INVALID_ARGUMENT,
-                    "Expected [-1,16], got [1,8]"),
-    "batch too large": (raw_request(INPUT0=("INT32", [9, 16], np.zeros((9, 16), np.int32).tobytes()),
-                                    INPUT1=("INT32", [9, 16], np.zeros((9, 16), np.int32).tobytes())),
-                        grpc.StatusCode.INVALID_ARGUMENT, "batch-size must be <= 8"),
-    "byte size mismatch": (raw_request(INPUT0=("INT32", [1, 16], GOOD.tobytes()[:-4])),
-                           grpc.StatusCode.INVALID_ARGUMENT, "expected 64 bytes"),
+    "unknown model": (
+        raw_request("no_such_model"),
+        grpc.StatusCode.NOT_FOUND,
+        "Request for unknown model: 'no_such_model'",
+    ),
+    "wrong input name": (
+        raw_request(INPUT9=("INT32", [1, 16], GOOD.tobytes())),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unexpected inference input 'INPUT9'",
+    ),
+    "missing input": (
+        raw_request(INPUT1=None),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "missing required input(s) ['INPUT1']",
+    ),
+    "wrong dtype": (
+        raw_request(INPUT0=("FP32", [1, 16], GOOD.astype(np.float32).tobytes())),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "data-type is 'FP32', but model 'simple' expects 'INT32'",
+    ),
+    "wrong shape": (
+        raw_request(INPUT0=("INT32", [1, 8], GOOD[:, :8].tobytes())),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Expected [-1,16], got [1,8]",
+    ),
+    "batch too large": (
+        raw_request(
+            INPUT0=("INT32", [9, 16], np.zeros((9, 16), np.int32).tobytes()),
+            INPUT1=("INT32", [9, 16], np.zeros((9, 16), np.int32).tobytes()),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch-size must be <= 8",
+    ),
+    "byte size mismatch": (
+        raw_request(INPUT0=("INT32", [1, 16], GOOD.tobytes()[:-4])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "expected 64 bytes",
+    ),
 }
 
 
@@ -184,8 +212,12 @@ def test_client_deadline_is_honoured(mesh: Mesh) -> None:
 
 
 # -- HTTP ---------------------------------------------------------------------------------------------
-def post(mesh: Mesh, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(f"http://{mesh.http_url}{path}", data=body, headers=headers or {}, method="POST")
+def post(
+    mesh: Mesh, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        f"http://{mesh.http_url}{path}", data=body, headers=headers or {}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=20) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -218,22 +250,52 @@ HTTP_CASES = {
     "unknown version": ("/v2/models/simple/versions/3/infer", json_body(), {}, 404, "version 3 is not found"),
     "data of wrong length": (
         "/v2/models/simple/infer",
-        json_body(inputs=[{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [1, 2, 3]},
-                          {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16}]),
-        {}, 400, "JSON data holds 3 values but shape [1, 16] needs 16"),
+        json_body(
+            inputs=[
+                {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [1, 2, 3]},
+                {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+            ]
+        ),
+        {},
+        400,
+        "JSON data holds 3 values but shape [1, 16] needs 16",
+    ),
     "data of wrong type": (
         "/v2/models/simple/infer",
-        json_body(inputs=[{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": ["a"] * 16},
-                          {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16}]),
-        {}, 400, "INT32 data in JSON must be numbers"),
+        json_body(
+            inputs=[
+                {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": ["a"] * 16},
+                {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+            ]
+        ),
+        {},
+        400,
+        "INT32 data in JSON must be numbers",
+    ),
     "binary header past body": (
-        "/v2/models/simple/infer", json_body(), {"Inference-Header-Content-Length": "100000"}, 400,
-        "Inference-Header-Content-Length is 100000 but the body has only"),
+        "/v2/models/simple/infer",
+        json_body(),
+        {"Inference-Header-Content-Length": "100000"},
+        400,
+        "Inference-Header-Content-Length is 100000 but the body has only",
+    ),
     "binary size past body": (
         "/v2/models/simple/infer",
-        json_body(inputs=[{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "parameters": {"binary_data_size": 64}},
-                          {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16}]),
-        {"Inference-Header-Content-Length": "-"}, 400, "binary_data_size 64 runs past the end of the body"),
+        json_body(
+            inputs=[
+                {
+                    "name": "INPUT0",
+                    "datatype": "INT32",
+                    "shape": [1, 16],
+                    "parameters": {"binary_data_size": 64},
+                },
+                {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+            ]
+        ),
+        {"Inference-Header-Content-Length": "-"},
+        400,
+        "binary_data_size 64 runs past the end of the body",
+    ),
     "missing inputs list": ("/v2/models/simple/infer", b"{}", {}, 400, "needs an 'inputs' list"),
 }
 
@@ -260,3 +322,30 @@ def test_http_unknown_route_is_json_404(mesh: Mesh) -> None:
     status, reply = post(mesh, "/v2/not/a/route", b"{}")
     assert status == 404
     assert "error" in reply
+
+
+def test_grpc_contents_mixed_with_raw_uses_tritons_wording(mesh: Mesh, stub) -> None:  # type: ignore[no-untyped-def]
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    first = request.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 16])
+    first.contents.int_contents.extend(range(16))
+    request.inputs.add(name="INPUT1", datatype="INT32", shape=[1, 16])
+    request.raw_input_contents.append(GOOD.tobytes())
+    error = grpc_error(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        "contents field must not be specified when using raw_input_contents for 'INPUT0' for model 'simple'"
+        in (error.details())
+    )
+    assert_still_serving(mesh)
+
+
+@pytest.mark.parametrize("version", ["wrong_specification", "-1"])
+def test_non_numeric_or_negative_version_is_invalid_argument(mesh: Mesh, stub, version: str) -> None:  # type: ignore[no-untyped-def]
+    request = raw_request()
+    request.model_version = version
+    error = grpc_error(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "version should be an integral value > 0" in error.details()
+    status, reply = post(mesh, f"/v2/models/simple/versions/{version}/infer", json_body())
+    assert status == 400
+    assert "version should be an integral value > 0" in str(reply["error"])

@@ -11,7 +11,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.mesh import Mesh
+from meshserve.harness import Mesh
 
 
 def test_grpc_health_and_server_metadata(mesh: Mesh) -> None:
@@ -23,7 +23,8 @@ def test_grpc_health_and_server_metadata(mesh: Mesh) -> None:
     assert not client.is_model_ready("simple", "2")
     assert not client.is_model_ready("no_such_model")
     metadata = client.get_server_metadata(as_json=True)
-    assert metadata["name"] == "meshserve"
+    assert metadata["name"] == "triton"  # Triton's clients check this name
+    assert "meshserve" in metadata["extensions"]
     assert "binary_tensor_data" in metadata["extensions"]
 
 
@@ -40,7 +41,7 @@ def test_grpc_model_metadata_and_config(mesh: Mesh) -> None:
     config = client.get_model_config("simple").config
     assert config.name == "simple"
     assert config.max_batch_size == 8
-    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert not config.HasField("dynamic_batching")  # Triton's classic `simple` has none
     assert [i.name for i in config.input] == ["INPUT0", "INPUT1"]
     torch_meta = client.get_model_metadata("linear_torch", as_json=True)
     assert torch_meta["platform"] == "pytorch_libtorch"
@@ -52,7 +53,7 @@ def test_http_health_metadata_config(mesh: Mesh) -> None:
     assert client.is_server_ready()
     assert client.is_model_ready("simple_string")
     assert not client.is_model_ready("no_such_model")
-    assert client.get_server_metadata()["name"] == "meshserve"
+    assert client.get_server_metadata()["name"] == "triton"
     metadata = client.get_model_metadata("simple_string")
     assert metadata["inputs"][0] == {"name": "INPUT0", "datatype": "BYTES", "shape": [-1, 16]}
     config = client.get_model_config("simple")
@@ -62,14 +63,21 @@ def test_http_health_metadata_config(mesh: Mesh) -> None:
 
 
 def test_repository_index_lists_every_model_with_state(mesh: Mesh) -> None:
-    index = {m["name"]: m for m in httpclient.InferenceServerClient(mesh.http_url).get_model_repository_index()}
+    index = {
+        m["name"]: m for m in httpclient.InferenceServerClient(mesh.http_url).get_model_repository_index()
+    }
     assert index["simple"]["state"] == "READY"
     assert index["fails_to_load"]["state"] == "UNAVAILABLE"
     assert "weights file is corrupt" in index["fails_to_load"]["reason"]
     assert index["bad_config"]["state"] == "UNAVAILABLE"
     assert "max_batch_size" in index["bad_config"]["reason"]
     grpc_index = grpcclient.InferenceServerClient(mesh.grpc_url).get_model_repository_index(as_json=True)
-    assert {m["name"] for m in grpc_index["models"]} >= {"simple", "simple_string", "linear_torch", "fails_to_load"}
+    assert {m["name"] for m in grpc_index["models"]} >= {
+        "simple",
+        "simple_string",
+        "linear_torch",
+        "fails_to_load",
+    }
 
 
 def test_model_that_failed_to_load_says_why(mesh: Mesh) -> None:
@@ -109,7 +117,10 @@ def test_statistics_count_requests(mesh: Mesh) -> None:
     client = grpcclient.InferenceServerClient(mesh.grpc_url)
     before = client.get_inference_statistics("simple", as_json=True)["model_stats"][0]
     data = np.ones((2, 16), dtype=np.int32)
-    inputs = [grpcclient.InferInput("INPUT0", [2, 16], "INT32"), grpcclient.InferInput("INPUT1", [2, 16], "INT32")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", [2, 16], "INT32"),
+        grpcclient.InferInput("INPUT1", [2, 16], "INT32"),
+    ]
     for tensor in inputs:
         tensor.set_data_from_numpy(data)
     client.infer("simple", inputs)

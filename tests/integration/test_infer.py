@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tests.integration.mesh import ROOT, Mesh
+from meshserve.harness import ROOT, Mesh
 
 RNG = np.random.default_rng(7)
 
@@ -22,7 +22,10 @@ RNG = np.random.default_rng(7)
 def simple_inputs(module, rows: int = 1, binary: bool = True):  # type: ignore[no-untyped-def]
     a = RNG.integers(-1000, 1000, size=(rows, 16), dtype=np.int32)
     b = RNG.integers(-1000, 1000, size=(rows, 16), dtype=np.int32)
-    inputs = [module.InferInput("INPUT0", [rows, 16], "INT32"), module.InferInput("INPUT1", [rows, 16], "INT32")]
+    inputs = [
+        module.InferInput("INPUT0", [rows, 16], "INT32"),
+        module.InferInput("INPUT1", [rows, 16], "INT32"),
+    ]
     if module is httpclient or module is httpaio:
         inputs[0].set_data_from_numpy(a, binary_data=binary)
         inputs[1].set_data_from_numpy(b, binary_data=binary)
@@ -47,7 +50,9 @@ def test_grpc_infer_simple(mesh: Mesh) -> None:
 def test_grpc_infer_requested_output_only(mesh: Mesh) -> None:
     client = grpcclient.InferenceServerClient(mesh.grpc_url)
     a, b, inputs = simple_inputs(grpcclient)
-    result = client.infer("simple", inputs, outputs=[grpcclient.InferRequestedOutput("OUTPUT1")], model_version="1")
+    result = client.infer(
+        "simple", inputs, outputs=[grpcclient.InferRequestedOutput("OUTPUT1")], model_version="1"
+    )
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
     assert result.as_numpy("OUTPUT0") is None
 
@@ -137,14 +142,20 @@ def test_bytes_model_grpc_and_http(mesh: Mesh) -> None:
     b = np.full((1, 16), 5, dtype=np.int64)
     as_bytes = lambda x: np.array([str(v).encode() for v in x.reshape(-1)], dtype=object).reshape(x.shape)  # noqa: E731
     grpc_client = grpcclient.InferenceServerClient(mesh.grpc_url)
-    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "BYTES"), grpcclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "BYTES"),
+        grpcclient.InferInput("INPUT1", [1, 16], "BYTES"),
+    ]
     inputs[0].set_data_from_numpy(as_bytes(a))
     inputs[1].set_data_from_numpy(as_bytes(b))
     result = grpc_client.infer("simple_string", inputs)
     assert [int(v) for v in result.as_numpy("OUTPUT0").reshape(-1)] == list((a + b).reshape(-1))
     for binary in (True, False):
         http_client = httpclient.InferenceServerClient(mesh.http_url)
-        hinputs = [httpclient.InferInput("INPUT0", [1, 16], "BYTES"), httpclient.InferInput("INPUT1", [1, 16], "BYTES")]
+        hinputs = [
+            httpclient.InferInput("INPUT0", [1, 16], "BYTES"),
+            httpclient.InferInput("INPUT1", [1, 16], "BYTES"),
+        ]
         hinputs[0].set_data_from_numpy(as_bytes(a), binary_data=binary)
         hinputs[1].set_data_from_numpy(as_bytes(b), binary_data=binary)
         outputs = [httpclient.InferRequestedOutput("OUTPUT1", binary_data=binary)]

@@ -218,7 +218,9 @@ def test_explicit_instance_group_is_not_replaced() -> None:
 
 
 def test_preferred_batch_size_within_max_is_accepted() -> None:
-    config = _complete('backend: "python" max_batch_size: 4 dynamic_batching { preferred_batch_size: [2, 4] }')
+    config = _complete(
+        'backend: "python" max_batch_size: 4 dynamic_batching { preferred_batch_size: [2, 4] }'
+    )
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
 
 
@@ -272,9 +274,7 @@ def test_missing_data_type_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_output_data_type_is_an_error(tmp_path: Path) -> None:
-    message, _ = _load_error(
-        tmp_path, 'backend: "python" output [{ name: "OUT" dims: [1] }]'
-    )
+    message, _ = _load_error(tmp_path, 'backend: "python" output [{ name: "OUT" dims: [1] }]')
     assert "output 'OUT' has no data_type" in message
 
 
@@ -287,11 +287,13 @@ def test_tensor_without_name_is_an_error(tmp_path: Path) -> None:
     ("tensors", "expected"),
     [
         (
-            'input [{ name: "X" data_type: TYPE_FP32 dims: [1] }, { name: "X" data_type: TYPE_FP32 dims: [1] }]',
+            'input [{ name: "X" data_type: TYPE_FP32 dims: [1] }, '
+            '{ name: "X" data_type: TYPE_FP32 dims: [1] }]',
             "input 'X' is declared twice",
         ),
         (
-            'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }, { name: "Y" data_type: TYPE_FP32 dims: [1] }]',
+            'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }, '
+            '{ name: "Y" data_type: TYPE_FP32 dims: [1] }]',
             "output 'Y' is declared twice",
         ),
         (
@@ -307,7 +309,9 @@ def test_duplicate_tensor_names_are_an_error(tmp_path: Path, tensors: str, expec
 
 
 def test_invalid_dims_are_an_error(tmp_path: Path) -> None:
-    message, _ = _load_error(tmp_path, 'backend: "python" input [{ name: "X" data_type: TYPE_FP32 dims: [2, 0, -3] }]')
+    message, _ = _load_error(
+        tmp_path, 'backend: "python" input [{ name: "X" data_type: TYPE_FP32 dims: [2, 0, -3] }]'
+    )
     assert "input 'X' has invalid dims [0, -3]" in message
 
 

@@ -122,7 +122,12 @@ def test_scan_repository_keeps_a_broken_models_error_and_serves_the_others(tmp_p
 
 def test_scan_repository_reports_a_model_with_no_matching_version(tmp_path: Path) -> None:
     _model(tmp_path, "empty", [])
-    _model(tmp_path, "pinned", ["1", "2"], config='backend: "python" version_policy { specific { versions: [5] } }')
+    _model(
+        tmp_path,
+        "pinned",
+        ["1", "2"],
+        config='backend: "python" version_policy { specific { versions: [5] } }',
+    )
     empty, pinned = scan_repository(tmp_path)
     for entry in (empty, pinned):
         assert entry.config is not None
@@ -151,8 +156,8 @@ def test_repository_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_non_ascii_digit_dirs_are_not_versions(tmp_path: Path) -> None:
-    # str.isdigit() accepts these, but int() rejects '²' and Triton wants ASCII digits.
-    model_dir = _model(tmp_path, "m", ["²", "١", "4"])
+    # str.isdigit() accepts these, but int() rejects superscript two and Triton wants ASCII digits.
+    model_dir = _model(tmp_path, "m", ["\u00b2", "\u0661", "4"])
     assert list_versions(model_dir) == [4]
     (entry,) = scan_repository(tmp_path)
     assert entry.versions == (4,)

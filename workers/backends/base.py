@@ -16,7 +16,7 @@ import numpy as np
 from meshserve.errors import MeshError
 from meshserve.pb import model_config_pb2 as mc
 
-__all__ = ["LoadContext", "Request", "Result", "Backend", "ParamValue"]
+__all__ = ["Backend", "LoadContext", "ParamValue", "Request", "Result"]
 
 ParamValue = bool | int | float | str
 

@@ -80,7 +80,9 @@ class PyTorchBackend:
         start = 0
         for request in requests:
             rows = request.batch_size or request.inputs[self._inputs[0]].shape[0]
-            sliced = {name: out[start : start + rows] for name, out in zip(self._outputs, outputs, strict=True)}
+            sliced = {
+                name: out[start : start + rows] for name, out in zip(self._outputs, outputs, strict=True)
+            }
             results.append(Result(outputs=_select(sliced, request)))
             start += rows
         return results
@@ -109,4 +111,4 @@ def _select(outputs: dict[str, np.ndarray], request: Request) -> dict[str, np.nd
 def mc_type_name(data_type: int) -> str:
     from meshserve.pb import model_config_pb2 as mc
 
-    return str(mc.DataType.Name(data_type))  # type: ignore[arg-type]
+    return str(mc.DataType.Name(data_type))

@@ -12,6 +12,8 @@ class TritonPythonModel:
     def execute(self, requests):
         time.sleep(self.delay_s)
         return [
-            pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())])
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]
+            )
             for r in requests
         ]

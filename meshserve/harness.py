@@ -1,4 +1,6 @@
-"""Start and stop a real mesh (`meshserve up`: nats-server, batcher, gateway, workers) for tests.
+"""Start and stop a real mesh (`meshserve up`: nats-server, batcher, gateway, workers) as a subprocess.
+
+Used by the integration tests and the benchmarks (never by the services).
 
 Everything binds 127.0.0.1 on free ports, so two test runs can share a machine.  The mesh runs in
 its own process group; stopping it sends SIGTERM, waits, then kills the whole group.
@@ -14,11 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-READY_MARKER = "MESHSERVE_READY "
+from meshserve.logs import READY_MARKER
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -42,6 +47,30 @@ class Mesh:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def pids(self) -> dict[str, int]:
+        """Every process of the mesh by role (``up``, ``nats-server``, ``gateway``, ``worker:<model>``...)."""
+        found = {"up": self.process.pid}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != self.process.pid:
+                continue
+            args = [a.decode(errors="replace") for a in cmdline if a]
+            if any(a.endswith("nats-server") for a in args[:1]):
+                found["nats-server"] = int(entry.name)
+            elif "meshserve.cli" in args:
+                role = args[args.index("meshserve.cli") + 1]
+                if role == "worker":
+                    role = f"worker:{args[args.index('--model-name') + 1]}"
+                found[role] = int(entry.name)
+        return found
+
 
 def build_repository(target: Path, extra: Path | None = None) -> Path:
     """The example repository plus, optionally, the test models."""
@@ -54,21 +83,32 @@ def build_repository(target: Path, extra: Path | None = None) -> Path:
 
 def start_mesh(repository: Path, log_path: Path, *extra_args: str, timeout_s: float = 120.0) -> Mesh:
     args = [
-        sys.executable, "-m", "meshserve.cli", "up", "--model-repository", str(repository),
-        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *extra_args,
+        sys.executable,
+        "-m",
+        "meshserve.cli",
+        "up",
+        "--model-repository",
+        str(repository),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        *extra_args,
     ]
     log_file = log_path.open("w")
     process = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=ROOT, start_new_session=True
     )
-    ready: dict[str, object] = {}
+    ready: dict[str, Any] = {}
     done = threading.Event()
 
     def read_stdout() -> None:
         assert process.stdout is not None
         for line in process.stdout:
             if line.startswith(READY_MARKER) and not ready:
-                ready.update(json.loads(line[len(READY_MARKER):]))
+                ready.update(json.loads(line[len(READY_MARKER) :]))
                 done.set()
         done.set()
 
@@ -81,12 +121,12 @@ def start_mesh(repository: Path, log_path: Path, *extra_args: str, timeout_s: fl
         process,
         grpc_url=f"127.0.0.1:{ready['grpc_port']}",
         http_url=f"127.0.0.1:{ready['http_port']}",
-        models=dict(ready["models"]),  # type: ignore[arg-type]
+        models=dict(ready["models"]),
         log_path=log_path,
     )
 
 
-def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
