@@ -10,10 +10,11 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 from nats.aio.client import Client
 
-__all__ = ["close_nats", "install_stop_signals"]
+__all__ = ["close_nats", "die_with_parent", "install_stop_signals"]
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +57,16 @@ async def close_nats(nc: Client) -> None:
     except Exception as exc:
         log.debug("nats drain failed: %s", exc)
     await nc.close()
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: the kernel sends SIGTERM when the launcher dies (Linux only).
+
+    Covers binaries that cannot watch their parent themselves (the embedded nats-server)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)

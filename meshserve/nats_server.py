@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshserve.errors import Unavailable
+from meshserve.lifecycle import die_with_parent
 
 __all__ = ["EmbeddedNats", "find_nats_server", "start_nats_server"]
 
@@ -82,6 +83,7 @@ async def start_nats_server(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     assert process.stderr is not None
     try:

@@ -1,0 +1,98 @@
+"""The mesh's processes: a worker that dies mid-request, and `meshserve up` stopping everything it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from meshserve.harness import ROOT, Mesh, start_mesh, wait_for
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.fixture
+def small_mesh(tmp_path: Path) -> Iterator[Mesh]:
+    repository = tmp_path / "models"
+    repository.mkdir()
+    for name in ("slow",):
+        (repository / name).symlink_to(ROOT / "tests" / "models" / name)
+    (repository / "simple").symlink_to(ROOT / "examples" / "model_repository" / "simple")
+    mesh = start_mesh(repository, tmp_path / "mesh.log")
+    try:
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def test_worker_dying_mid_request_gets_an_error_not_a_hang(small_mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(small_mesh.grpc_url)
+    tensor = grpcclient.InferInput("IN", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+    worker = small_mesh.pids()["worker:slow"]
+    errors: list[BaseException] = []
+    done = []
+
+    def callback(result: object, error: BaseException | None) -> None:
+        done.append(time.monotonic())
+        if error is not None:
+            errors.append(error)
+
+    client.async_infer("slow", [tensor], callback=callback)  # the model sleeps 2 s
+    time.sleep(0.5)
+    killed_at = time.monotonic()
+    os.kill(worker, signal.SIGKILL)
+    assert wait_for(lambda: bool(done), timeout_s=10), "the request hung after its worker died"
+    assert done[0] - killed_at < 5
+    assert len(errors) == 1
+    assert isinstance(errors[0], InferenceServerException)
+    assert errors[0].status() == "StatusCode.UNAVAILABLE"
+    assert "lost" in errors[0].message() or "no live instance" in errors[0].message()
+    # the other model keeps serving
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(a)
+    np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
+    # and the dead model answers at once with a clear error, never a hang
+    start = time.monotonic()
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("slow", [tensor])
+    assert time.monotonic() - start < 5
+    assert err.value.status() == "StatusCode.UNAVAILABLE"
+
+
+def test_sigterm_stops_every_process(small_mesh: Mesh) -> None:
+    pids = small_mesh.pids()
+    assert {"nats-server", "gateway", "batcher", "worker:slow", "worker:simple"} <= set(pids)
+    assert small_mesh.stop() == 0
+    assert wait_for(lambda: not any(alive(pid) for pid in pids.values()), timeout_s=10), {
+        role: pid for role, pid in pids.items() if alive(pid)
+    }
+
+
+def test_children_stop_when_the_launcher_is_killed(small_mesh: Mesh) -> None:
+    pids = small_mesh.pids()
+    os.kill(small_mesh.process.pid, signal.SIGKILL)
+    small_mesh.process.wait(10)
+    services = {role: pid for role, pid in pids.items() if role != "up"}
+    assert wait_for(lambda: not any(alive(pid) for pid in services.values()), timeout_s=15), {
+        role: pid for role, pid in services.items() if alive(pid)
+    }
