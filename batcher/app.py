@@ -117,12 +117,17 @@ class Batcher:
                 ann.address,
                 min(ann.max_inflight_batches or 1, self._settings.inflight_batches_per_instance),
                 self._settings.limits.grpc_message_bytes,
-                on_done=functools.partial(_notify, scheduler),
+                on_done=functools.partial(self._on_done, scheduler),
                 on_lost=functools.partial(self._on_lost, scheduler),
             )
             scheduler.add_link(link)
             self._tg.create_task(link.read())
             log.info("instance %s of %s v%d joined at %s", ann.instance_id, *key, ann.address)
+
+    def _on_done(self, scheduler: ModelScheduler, link: InstanceLink, flight: InFlight) -> None:
+        scheduler.notify()
+        if not link.accepting and not link.inflight:  # a leaving worker finished its last batch
+            self._tg.create_task(link.close())
 
     def _on_lost(
         self, scheduler: ModelScheduler, link: InstanceLink, flights: list[InFlight], reason: str
@@ -158,10 +163,6 @@ class Batcher:
             await scheduler.drain(Unavailable("batcher is shutting down"))
             for link in list(scheduler.links.values()):
                 await link.close()
-
-
-def _notify(scheduler: ModelScheduler, link: InstanceLink, flight: InFlight) -> None:
-    scheduler.notify()
 
 
 def _monotonic_deadline(deadline_unix_ns: int) -> float | None:

@@ -65,7 +65,7 @@ def build_request(call: InferCall, view: ModelView, default_timeout_s: float, ma
         model_version=view.version,
         requested_outputs=call.outputs,
         deadline_unix_ns=time.time_ns() + int(timeout_s * 1e9),
-        priority=_int_param(call.parameters, "priority"),
+        priority=_priority(call.parameters),
         trace_id=call.request_id or uuid.uuid4().hex,
         batch_size=batch_size,
     )
@@ -157,6 +157,13 @@ def _timeout_s(parameters: dict[str, ParamValue], default_s: float) -> float:
     if timeout_us < 0:
         raise InvalidArgument(f"parameter 'timeout' must be >= 0 microseconds, got {timeout_us}")
     return min(default_s, timeout_us / 1e6) if timeout_us else default_s
+
+
+def _priority(parameters: dict[str, ParamValue]) -> int:
+    priority = _int_param(parameters, "priority")
+    if not 0 <= priority <= 0xFFFFFFFF:  # the mesh field is uint32
+        raise InvalidArgument(f"parameter 'priority' must be in 0..{0xFFFFFFFF}, got {priority}")
+    return priority
 
 
 def _int_param(parameters: dict[str, ParamValue], key: str) -> int:
