@@ -213,3 +213,34 @@ def test_grpc_stream_infer_non_decoupled(mesh: Mesh) -> None:
         assert error is not None and "unknown model" in str(error)
     finally:
         client.stop_stream()
+
+
+def test_bytes_identity_keeps_arbitrary_bytes(mesh: Mesh) -> None:
+    data = np.array([b"he\x00llo", b"\x00\x01\x02\x03", b"", "ünïcode".encode()] * 4, dtype=object).reshape(
+        1, 16
+    )
+    grpc_client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    tensor = grpcclient.InferInput("INPUT0", [1, 16], "BYTES")
+    tensor.set_data_from_numpy(data)
+    assert list(grpc_client.infer("simple_identity", [tensor]).as_numpy("OUTPUT0").reshape(-1)) == list(
+        data.reshape(-1)
+    )
+    http_client = httpclient.InferenceServerClient(mesh.http_url)
+    htensor = httpclient.InferInput("INPUT0", [1, 16], "BYTES")
+    htensor.set_data_from_numpy(data, binary_data=True)
+    result = http_client.infer("simple_identity", [htensor])
+    assert list(result.as_numpy("OUTPUT0").reshape(-1)) == list(data.reshape(-1))
+
+
+def test_int8_model_wraps_like_int8(mesh: Mesh) -> None:
+    a = np.full((1, 16), 100, dtype=np.int8)
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "INT8"),
+        grpcclient.InferInput("INPUT1", [1, 16], "INT8"),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(a)
+    result = client.infer("simple_int8", inputs)
+    assert result.as_numpy("OUTPUT0").dtype == np.int8
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), (a.astype(np.int16) * 2).astype(np.int8))

@@ -261,7 +261,9 @@ def test_variable_dims_accept_any_size() -> None:
 def test_negative_given_dims_are_refused_even_where_the_model_has_minus_one(shape: list[int]) -> None:
     view = view_of(VARIABLE)
     call = InferCall("", [InputTensor("TEXT", "BYTES", shape, b"")])
-    with pytest.raises(InvalidArgument, match=r"unexpected shape for input 'TEXT' for model 'm'\. Expected \[-1,-1\]"):
+    with pytest.raises(
+        InvalidArgument, match=r"unexpected shape for input 'TEXT' for model 'm'\. Expected \[-1,-1\]"
+    ):
         build(call, view)
 
 
@@ -269,9 +271,7 @@ def test_inconsistent_batch_sizes_are_refused() -> None:
     call = InferCall("", [i32("INPUT0", [2, 16]), i32("INPUT1", [3, 16])])
     with pytest.raises(InvalidArgument) as err:
         build(call, view_of(SIMPLE, name="simple"))
-    assert str(err.value) == (
-        "input 'INPUT1' has batch size 3 but other inputs have 2 for model 'simple'"
-    )
+    assert str(err.value) == ("input 'INPUT1' has batch size 3 but other inputs have 2 for model 'simple'")
 
 
 @pytest.mark.parametrize("rows", [0, 9])
