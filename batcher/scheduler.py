@@ -117,24 +117,29 @@ class ModelScheduler:
                 deadline = self._next_deadline()
                 return min(d for d in (due, deadline) if d is not None) if (due or deadline) else None
             items = [self._queue.popleft() for _ in range(decision.take)]
+            dispatch_unix_ns = time.time_ns()
             batch = mesh_pb2.Batch(
                 batch_id=next(_batch_ids),
-                items=[mesh_pb2.BatchItem(request=q.raw, reply_to=q.reply_to) for q in items],
+                items=[
+                    mesh_pb2.BatchItem(
+                        request=q.raw,
+                        reply_to=q.reply_to,
+                        queue_ns=int((now - q.pending.arrival_s) * 1e9),
+                        dispatch_unix_ns=dispatch_unix_ns,
+                    )
+                    for q in items
+                ],
             )
             await link.send(InFlight(batch=batch, sent_s=now, items=list(items)))
 
     async def _expire(self, now: float) -> None:
         if not any(q.deadline_s is not None and q.deadline_s <= now for q in self._queue):
             return
-        kept: deque[Queued] = deque()
-        for q in self._queue:
-            if q.deadline_s is not None and q.deadline_s <= now:
-                await self._reply_error(
-                    q, DeadlineExceeded("Request timeout expired while queued in the batcher")
-                )
-            else:
-                kept.append(q)
-        self._queue = kept
+        # Split before answering: a reply may yield, and requests admitted meanwhile must stay queued.
+        expired = [q for q in self._queue if q.deadline_s is not None and q.deadline_s <= now]
+        self._queue = deque(q for q in self._queue if q.deadline_s is None or q.deadline_s > now)
+        for q in expired:
+            await self._reply_error(q, DeadlineExceeded("Request timeout expired while queued in the batcher"))
 
     def _next_deadline(self) -> float | None:
         deadlines = [q.deadline_s for q in self._queue if q.deadline_s is not None]

@@ -85,8 +85,26 @@ class InferRequest(_message.Message):
     batch_size: int
     def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., requested_outputs: _Optional[_Iterable[str]] = ..., parameters: _Optional[_Mapping[str, Param]] = ..., deadline_unix_ns: _Optional[int] = ..., priority: _Optional[int] = ..., trace_id: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
+class Timing(_message.Message):
+    __slots__ = ("queue_ns", "compute_input_ns", "compute_infer_ns", "compute_output_ns", "batch_rows", "counts_execution", "transfer_ns")
+    QUEUE_NS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_INPUT_NS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_INFER_NS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_OUTPUT_NS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_EXECUTION_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_NS_FIELD_NUMBER: _ClassVar[int]
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+    batch_rows: int
+    counts_execution: bool
+    transfer_ns: int
+    def __init__(self, queue_ns: _Optional[int] = ..., compute_input_ns: _Optional[int] = ..., compute_infer_ns: _Optional[int] = ..., compute_output_ns: _Optional[int] = ..., batch_rows: _Optional[int] = ..., counts_execution: bool = ..., transfer_ns: _Optional[int] = ...) -> None: ...
+
 class InferResponse(_message.Message):
-    __slots__ = ("request_id", "model_name", "model_version", "outputs", "error", "parameters")
+    __slots__ = ("request_id", "model_name", "model_version", "outputs", "error", "parameters", "timing")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,21 +118,27 @@ class InferResponse(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_name: str
     model_version: int
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     error: Error
     parameters: _containers.MessageMap[str, Param]
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., parameters: _Optional[_Mapping[str, Param]] = ...) -> None: ...
+    timing: Timing
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., parameters: _Optional[_Mapping[str, Param]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class BatchItem(_message.Message):
-    __slots__ = ("request", "reply_to")
+    __slots__ = ("request", "reply_to", "queue_ns", "dispatch_unix_ns")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_NS_FIELD_NUMBER: _ClassVar[int]
+    DISPATCH_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     request: bytes
     reply_to: str
-    def __init__(self, request: _Optional[bytes] = ..., reply_to: _Optional[str] = ...) -> None: ...
+    queue_ns: int
+    dispatch_unix_ns: int
+    def __init__(self, request: _Optional[bytes] = ..., reply_to: _Optional[str] = ..., queue_ns: _Optional[int] = ..., dispatch_unix_ns: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("batch_id", "items")
