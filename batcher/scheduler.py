@@ -139,7 +139,9 @@ class ModelScheduler:
         expired = [q for q in self._queue if q.deadline_s is not None and q.deadline_s <= now]
         self._queue = deque(q for q in self._queue if q.deadline_s is None or q.deadline_s > now)
         for q in expired:
-            await self._reply_error(q, DeadlineExceeded("Request timeout expired while queued in the batcher"))
+            await self._reply_error(
+                q, DeadlineExceeded("Request timeout expired while queued in the batcher")
+            )
 
     def _next_deadline(self) -> float | None:
         deadlines = [q.deadline_s for q in self._queue if q.deadline_s is not None]

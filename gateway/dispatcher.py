@@ -2,6 +2,8 @@
 
 nats-py's request() uses one shared reply inbox per connection and resolves each reply by token,
 so a reply costs no subscription.  Whoever answers (the worker, or the batcher on error) answers once.
+A reply that carries an error is returned as it is: the caller counts it (with the worker's timing,
+when there is one) before raising it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from meshserve import subjects
-from meshserve.errors import DeadlineExceeded, Internal, MeshError, Unavailable, from_wire
+from meshserve.errors import DeadlineExceeded, Internal, MeshError, Unavailable
 from meshserve.pb import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,4 @@ class Dispatcher:
             response.ParseFromString(msg.data)
         except Exception as exc:
             raise Internal("undecodable response from the mesh") from exc
-        if response.HasField("error"):
-            raise from_wire(response.error.code, response.error.message)
         return response

@@ -132,7 +132,8 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
     return InputTensor(name, datatype, shape, _json_data_to_bytes(name, datatype, shape, raw["data"])), 0
 
 
-_KINDS_ACCEPTED = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+_KINDS_ACCEPTED = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+"""JSON values numpy may turn into each kind; booleans only for BOOL (Triton refuses them elsewhere)."""
 
 
 def _json_data_to_bytes(name: str, datatype: str, shape: list[int], data: Any) -> bytes:

@@ -79,11 +79,13 @@ class ModelView:
     def state(self, now: float, stale_after_s: float) -> ModelState:
         if any(now - seen <= stale_after_s for seen in self.instances.values()):
             return ModelState.READY
-        if self.failures:
+        if self.failures or self.instances:
             return ModelState.UNAVAILABLE
         return ModelState.LOADING
 
     def reason(self) -> str:
+        if not self.failures and self.instances:
+            return "no live instance: its workers stopped announcing themselves"
         return "; ".join(sorted(set(self.failures.values())))
 
 

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from gateway.models import ModelView
+from gateway.timing import TIMING_PARAMETER
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput, PayloadTooLarge
 from meshserve.pb import mesh_pb2
@@ -21,7 +22,16 @@ __all__ = ["RESERVED_PARAMETERS", "InferCall", "InputTensor", "ParamValue", "bui
 ParamValue = bool | int | float | str
 
 RESERVED_PARAMETERS = frozenset(
-    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers", "binary_data_output"}
+    {
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "priority",
+        "timeout",
+        "headers",
+        "binary_data_output",
+        TIMING_PARAMETER,
+    }
 )
 
 

@@ -253,8 +253,8 @@ def test_a_silent_instance_goes_stale() -> None:
     age(view, 0.3)
     assert t.state(view) is ModelState.READY
     age(view, 0.3)
-    assert t.state(view) is ModelState.LOADING
-    with pytest.raises(ModelNotReady):
+    assert t.state(view) is ModelState.UNAVAILABLE
+    with pytest.raises(ModelNotReady, match="workers stopped announcing"):
         t.ready_view("m")
     # a fresh heartbeat brings it back
     t.apply(announce("w1"))
@@ -283,7 +283,7 @@ def test_view_state_uses_the_given_clock() -> None:
     view.instances["w"] = 100.0
     assert view.state(now=104.9, stale_after_s=5.0) is ModelState.READY
     assert view.state(now=105.0, stale_after_s=5.0) is ModelState.READY
-    assert view.state(now=105.1, stale_after_s=5.0) is ModelState.LOADING
+    assert view.state(now=105.1, stale_after_s=5.0) is ModelState.UNAVAILABLE
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,10 +309,12 @@ def test_failed_model_makes_only_strict_readiness_false() -> None:
     assert t.server_ready(strict=False) is True
 
 
-def test_stale_model_is_loading_for_readiness() -> None:
+def test_stale_model_is_unavailable_for_readiness() -> None:
+    """A model whose workers fell silent is settled (UNAVAILABLE), not loading: only strict mode cares."""
     t = table(announce("a"), stale_after_s=0.05)
     age(t.find("m"), 1.0)
-    assert t.server_ready(strict=False) is False
+    assert t.server_ready(strict=False) is True
+    assert t.server_ready(strict=True) is False
 
 
 # --------------------------------------------------------------------------------------------------
