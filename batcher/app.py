@@ -11,8 +11,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from batcher.link import InFlight, InstanceLink
+from batcher.model_rules import rules_from_announcement, signature_of
 from batcher.policy import Pending
-from batcher.registry import rules_from_announcement, signature_of
 from batcher.scheduler import ModelScheduler, Queued
 from meshserve import subjects
 from meshserve.errors import MeshError, Unavailable
@@ -53,16 +53,19 @@ class Batcher:
         except Exception:
             log.warning("undecodable request on %s dropped", msg.subject)
             return
+        scheduler = self._schedulers.get((request.model_name, request.model_version))
+        ragged = scheduler.rules.ragged_inputs if scheduler is not None else frozenset()
         item = Queued(
-            pending=Pending(time.monotonic(), max(1, request.batch_size), signature_of(request)),
+            pending=Pending(time.monotonic(), max(1, request.batch_size), signature_of(request, ragged)),
             raw=msg.data,
             reply_to=msg.reply,
             request_id=request.request_id,
             model_name=request.model_name,
             model_version=request.model_version,
             deadline_s=_monotonic_deadline(request.deadline_unix_ns),
+            priority=request.priority,
+            timeout_s=request.timeout_us / 1e6,
         )
-        scheduler = self._schedulers.get((request.model_name, request.model_version))
         error: MeshError | None
         if scheduler is None:
             error = Unavailable(

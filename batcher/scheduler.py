@@ -1,5 +1,5 @@
-"""One model version's queue: admits requests, asks the policy when a batch is ready, sends it to a
-free instance, and answers every request that cannot be run (deadline passed, queue full, instance lost).
+"""One model version's queues: admit requests, ask the policy when a batch is ready, send it to a free
+instance, and answer every request that cannot be run (queue full, timed out, instance lost).
 """
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from batcher.link import InFlight, InstanceLink
-from batcher.policy import BatchingRules, Pending, decide
+from batcher.model_rules import ModelRules
+from batcher.policy import Pending, decide
+from batcher.queues import PriorityQueues
 from meshserve.errors import DeadlineExceeded, MeshError, QueueFull, Unavailable, WorkerLost
 from meshserve.pb import mesh_pb2
 
@@ -28,7 +29,7 @@ _batch_ids = itertools.count(1)
 
 @dataclass(slots=True)
 class Queued:
-    """A request waiting in the queue: the bytes to forward and what the policy and replies need."""
+    """A request waiting in a queue: the bytes to forward and what the policy and replies need."""
 
     pending: Pending
     raw: bytes
@@ -37,24 +38,30 @@ class Queued:
     model_name: str
     model_version: int
     deadline_s: float | None
-    """On the monotonic clock; None = no deadline."""
+    """When the requester stops waiting (monotonic clock); None = never."""
+    priority: int = 0
+    """The request's ``priority`` parameter (0 = the model's default level)."""
+    timeout_s: float = 0.0
+    """The request's ``timeout`` parameter (0 = none); used when the queue policy allows overriding."""
+    queue_deadline_s: float | None = None
+    """Set on admission from the level's queue policy."""
 
 
 class ModelScheduler:
     def __init__(
-        self, model: str, version: int, rules: BatchingRules, max_queue_size: int, reply_error: ReplyError
+        self, model: str, version: int, rules: ModelRules, max_queue_size: int, reply_error: ReplyError
     ) -> None:
         self.model, self.version = model, version
         self.rules = rules
         self._max_queue_size = max_queue_size
         self._reply_error = reply_error
-        self._queue: deque[Queued] = deque()
+        self._queues: PriorityQueues[Queued] = PriorityQueues(list(rules.policies), rules.default_level)
         self._links: dict[str, InstanceLink] = {}
         self._wake = asyncio.Event()
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return len(self._queues)
 
     @property
     def links(self) -> dict[str, InstanceLink]:
@@ -64,12 +71,22 @@ class ModelScheduler:
         """Queue a request, or say why not (the caller answers it)."""
         if not any(link.accepting for link in self._links.values()):
             return Unavailable(f"model '{self.model}' version {self.version} has no live instance")
-        if len(self._queue) >= self._max_queue_size:
+        level = self._queues.level_of(item.priority)
+        if self._queues.full(level):
+            limit = self._queues.policy(level).max_queue_size
             return QueueFull(
-                f"queue of model '{self.model}' version {self.version} is full ({self._max_queue_size} "
-                "requests; raise --max-queue-size / MESHSERVE_MAX_QUEUE_SIZE)"
+                f"Exceeds maximum queue size: model '{self.model}' version {self.version} priority level "
+                f"{level} holds {limit} requests (its queue policy's max_queue_size)"
             )
-        self._queue.append(item)
+        if len(self._queues) >= self._max_queue_size:
+            return QueueFull(
+                f"Exceeds maximum queue size: model '{self.model}' version {self.version} has "
+                f"{self._max_queue_size} requests queued (raise --max-queue-size / MESHSERVE_MAX_QUEUE_SIZE)"
+            )
+        item.queue_deadline_s = self._queues.policy(level).queue_deadline(
+            item.pending.arrival_s, item.timeout_s
+        )
+        self._queues.push(item, level)
         self._wake.set()
         return None
 
@@ -104,52 +121,44 @@ class ModelScheduler:
         while True:
             now = time.monotonic()
             await self._expire(now)
-            if not self._links and self._queue:
-                await self._fail_all(
+            if not self._links and len(self._queues):
+                await self.drain(
                     Unavailable(f"model '{self.model}' version {self.version} has no live instance")
                 )
             link = next((lk for lk in self._links.values() if lk.free), None)
-            if link is None or not self._queue:
-                return self._next_deadline()
-            decision = decide([q.pending for q in self._queue], self.rules, now)
+            if link is None or not len(self._queues):
+                return self._queues.next_due()
+            window = itertools.islice(self._queues.ordered(), max(1, self.rules.batching.max_batch_size) + 1)
+            decision = decide([q.pending for q in window], self.rules.batching, now)
             if decision.take == 0:
-                due = decision.wake_at_s
-                deadline = self._next_deadline()
-                return min(d for d in (due, deadline) if d is not None) if (due or deadline) else None
-            items = [self._queue.popleft() for _ in range(decision.take)]
-            dispatch_unix_ns = time.time_ns()
-            batch = mesh_pb2.Batch(
-                batch_id=next(_batch_ids),
-                items=[
-                    mesh_pb2.BatchItem(
-                        request=q.raw,
-                        reply_to=q.reply_to,
-                        queue_ns=int((now - q.pending.arrival_s) * 1e9),
-                        dispatch_unix_ns=dispatch_unix_ns,
-                    )
-                    for q in items
-                ],
-            )
-            await link.send(InFlight(batch=batch, sent_s=now, items=list(items)))
+                due = [t for t in (decision.wake_at_s, self._queues.next_due()) if t is not None]
+                return min(due) if due else None
+            await self._send(link, self._queues.pop_front(decision.take), now)
+
+    async def _send(self, link: InstanceLink, items: list[Queued], now: float) -> None:
+        dispatch_unix_ns = time.time_ns()
+        batch = mesh_pb2.Batch(
+            batch_id=next(_batch_ids),
+            items=[
+                mesh_pb2.BatchItem(
+                    request=q.raw,
+                    reply_to=q.reply_to,
+                    queue_ns=int((now - q.pending.arrival_s) * 1e9),
+                    dispatch_unix_ns=dispatch_unix_ns,
+                )
+                for q in items
+            ],
+        )
+        await link.send(InFlight(batch=batch, sent_s=now, items=list(items)))
 
     async def _expire(self, now: float) -> None:
-        if not any(q.deadline_s is not None and q.deadline_s <= now for q in self._queue):
-            return
-        # Split before answering: a reply may yield, and requests admitted meanwhile must stay queued.
-        expired = [q for q in self._queue if q.deadline_s is not None and q.deadline_s <= now]
-        self._queue = deque(q for q in self._queue if q.deadline_s is None or q.deadline_s > now)
-        for q in expired:
+        expired = self._queues.expire(now)
+        for item in expired.rejected:
+            await self._reply_error(item, Unavailable("Request timeout expired"))
+        for item in expired.abandoned:
             await self._reply_error(
-                q, DeadlineExceeded("Request timeout expired while queued in the batcher")
+                item, DeadlineExceeded("Request timeout expired while queued in the batcher")
             )
-
-    def _next_deadline(self) -> float | None:
-        deadlines = [q.deadline_s for q in self._queue if q.deadline_s is not None]
-        return min(deadlines) if deadlines else None
-
-    async def _fail_all(self, error: MeshError) -> None:
-        while self._queue:
-            await self._reply_error(self._queue.popleft(), error)
 
     async def fail_lost(self, flights: list[InFlight], reason: str) -> None:
         """A worker went away with batches in flight: answer each of their requests."""
@@ -159,4 +168,5 @@ class ModelScheduler:
                 await self._reply_error(item, WorkerLost(reason))
 
     async def drain(self, error: MeshError) -> None:
-        await self._fail_all(error)
+        for item in self._queues.drain():
+            await self._reply_error(item, error)

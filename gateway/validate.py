@@ -78,6 +78,7 @@ def build_request(call: InferCall, view: ModelView, default_timeout_s: float, ma
         priority=_priority(call.parameters),
         trace_id=call.request_id or uuid.uuid4().hex,
         batch_size=batch_size,
+        timeout_us=_int_param(call.parameters, "timeout"),
     )
     for tensor in call.inputs:
         message.inputs.append(

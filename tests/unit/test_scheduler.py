@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from batcher.link import InFlight
+from batcher.model_rules import ModelRules
 from batcher.policy import BatchingRules, Pending
+from batcher.queues import QueuePolicy
 from batcher.scheduler import ModelScheduler, Queued
 from meshserve.errors import DeadlineExceeded, MeshError, QueueFull, Unavailable, WorkerLost
 
@@ -52,7 +54,10 @@ class Harness:
     def __init__(self, rules: BatchingRules = DYNAMIC, max_queue_size: int = 100) -> None:
         self.changed = asyncio.Event()
         self.errors: list[tuple[Queued, MeshError]] = []
-        self.scheduler = ModelScheduler("m", 1, rules, max_queue_size, self.reply_error)
+        model_rules = ModelRules(
+            batching=rules, policies=(QueuePolicy(),), default_level=1, ragged_inputs=frozenset()
+        )
+        self.scheduler = ModelScheduler("m", 1, model_rules, max_queue_size, self.reply_error)
         self.task: asyncio.Task[None] | None = None
         self.on_error: Callable[[Queued], None] | None = None
 
@@ -155,7 +160,7 @@ def test_admission_beyond_the_queue_bound_is_queue_full() -> None:
         assert isinstance(error, QueueFull)
         assert error.http_status == 503
         assert str(error) == (
-            "queue of model 'm' version 1 is full (2 requests; raise --max-queue-size / MESHSERVE_MAX_QUEUE_SIZE)"
+            "Exceeds maximum queue size: model 'm' version 1 has 2 requests queued (raise --max-queue-size / MESHSERVE_MAX_QUEUE_SIZE)"
         )
         assert h.scheduler.depth == 2
 
