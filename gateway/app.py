@@ -1,4 +1,4 @@
-"""The gateway process: gRPC :8001 and HTTP :8000 in front, NATS behind."""
+"""The gateway process: gRPC :8001 and HTTP :8000 in front, NATS behind, Prometheus on :8002."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gateway.core import InferenceCore
 from gateway.dispatcher import Dispatcher
 from gateway.grpc_service import InferenceServicer
 from gateway.http_service import build_app
+from gateway.metrics import build_registry, start_metrics_server
 from gateway.models import ModelTable
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
@@ -63,11 +64,22 @@ async def run(settings: GatewaySettings) -> None:
 
     runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
     await runner.setup()
-    http_socket = _bind(settings.host, settings.http_port)
+    http_socket = _bind("HTTP", settings.host, settings.http_port)
     await web.SockSite(runner, http_socket).start()
     http_port = http_socket.getsockname()[1]
+
+    metrics_socket = _bind("metrics", settings.host, settings.metrics_port)
+    metrics_runner = await start_metrics_server(
+        build_registry(core.stats, models.live_instances), metrics_socket
+    )
+    metrics_port = metrics_socket.getsockname()[1]
     announce_ready(
-        "gateway", host=settings.host, grpc_port=grpc_port, http_port=http_port, nats=settings.nats_url
+        "gateway",
+        host=settings.host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        nats=settings.nats_url,
     )
     try:
         await stop.wait()
@@ -75,18 +87,19 @@ async def run(settings: GatewaySettings) -> None:
     finally:
         await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
         await runner.cleanup()
+        await metrics_runner.cleanup()
         await close_nats(nc)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind the HTTP socket ourselves so the port actually bound (port 0 = a free one) is known."""
+def _bind(what: str, host: str, port: int) -> socket.socket:
+    """Bind a listening socket ourselves so the port actually bound (port 0 = a free one) is known."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SystemExit(f"gateway: cannot bind HTTP on {host}:{port}: {exc}") from exc
+        raise SystemExit(f"gateway: cannot bind {what} on {host}:{port}: {exc}") from exc
     sock.listen(1024)
     sock.setblocking(False)
     return sock

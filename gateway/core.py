@@ -1,20 +1,24 @@
 """What both client protocols share: resolve the model, validate, dispatch, count, describe.
 
-The gRPC and HTTP front ends only translate their wire formats to and from these calls.
+The gRPC and HTTP front ends only translate their wire formats to and from these calls.  Every
+request that reaches a ready model version is counted once in the :class:`StatsBook` (success, or
+failure with Triton's reason), which the statistics routes and the Prometheus collector read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.dispatcher import Dispatcher
 from gateway.models import ModelState, ModelTable, ModelView
-from gateway.stats import StatsBook
+from gateway.stats import FailureReason, StatsBook, failure_reason
+from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
 from meshserve import __version__
-from meshserve.errors import MeshError
+from meshserve.errors import MeshError, from_wire
 from meshserve.pb import mesh_pb2
 from meshserve.settings import GatewaySettings
 
@@ -43,21 +47,42 @@ class InferenceCore:
         self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
     ) -> InferOutcome:
         view = self.models.ready_view(model, version)
-        limits = self.settings.limits
         start = time.perf_counter_ns()
-        rows = 0
+        with self.stats.in_flight(view.name, view.version):
+            response = await self._round_trip(view, call, client_timeout_s, start)
+        if wants_timing(call.parameters):
+            add_breakdown(response, time.perf_counter_ns() - start)
+        return InferOutcome(view, response)
+
+    async def _round_trip(
+        self, view: ModelView, call: InferCall, client_timeout_s: float | None, start: int
+    ) -> mesh_pb2.InferResponse:
+        """Validate, send into the mesh, await the reply; count the outcome in the statistics."""
+        limits = self.settings.limits
         try:
             prepared = build_request(call, view, limits.request_timeout_s, limits.max_message_bytes)
-            rows = prepared.message.batch_size
             timeout_s = (
                 prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
             )
             response = await self._dispatcher.infer(prepared.message, timeout_s)
-        except MeshError:
-            self.stats.record(view.name, view.version, False, time.perf_counter_ns() - start, rows)
+        except MeshError as exc:
+            reason = failure_reason(exc, from_worker=False, from_mesh=False)
+            self.stats.record_failure(view.name, view.version, time.perf_counter_ns() - start, reason)
             raise
-        self.stats.record(view.name, view.version, True, time.perf_counter_ns() - start, rows)
-        return InferOutcome(view, response)
+        except asyncio.CancelledError:
+            self.stats.record_failure(
+                view.name, view.version, time.perf_counter_ns() - start, FailureReason.CANCELED
+            )
+            raise
+        elapsed_ns = time.perf_counter_ns() - start
+        timing = response.timing if response.HasField("timing") else None
+        if response.HasField("error"):
+            error = from_wire(response.error.code, response.error.message)
+            reason = failure_reason(error, from_worker=timing is not None, from_mesh=True)
+            self.stats.record_failure(view.name, view.version, elapsed_ns, reason, timing)
+            raise error
+        self.stats.record_success(view.name, view.version, elapsed_ns, prepared.message.batch_size, timing)
+        return response
 
     # -- health and metadata ------------------------------------------------------------------------
     def live(self) -> bool:
@@ -131,27 +156,4 @@ class InferenceCore:
         views = [self.models.find(model, version)] if model else self.models.all_views()
         if model and not version:
             views = self.models.versions_of(model)
-        out = []
-        for view in views:
-            s = self.stats.get(view.name, view.version)
-            out.append(
-                {
-                    "name": view.name,
-                    "version": str(view.version),
-                    "last_inference": s.last_inference_ms,
-                    "inference_count": s.inference_count,
-                    "execution_count": 0,
-                    "inference_stats": {
-                        "success": {"count": s.success_count, "ns": s.success_ns},
-                        "fail": {"count": s.fail_count, "ns": s.fail_ns},
-                        "queue": {"count": 0, "ns": 0},
-                        "compute_input": {"count": 0, "ns": 0},
-                        "compute_infer": {"count": 0, "ns": 0},
-                        "compute_output": {"count": 0, "ns": 0},
-                        "cache_hit": {"count": 0, "ns": 0},
-                        "cache_miss": {"count": 0, "ns": 0},
-                    },
-                    "batch_stats": [],
-                }
-            )
-        return out
+        return [self.stats.get(view.name, view.version).as_dict(view.name, view.version) for view in views]

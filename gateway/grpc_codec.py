@@ -109,12 +109,7 @@ def _contents_to_bytes(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
         )
     if tensor.datatype == "BYTES":
         return tensors.serialize_bytes(np.array(list(values), dtype=object))
-    info = tensors.DATATYPES[tensor.datatype]
-    assert info.numpy is not None
-    try:
-        return np.asarray(values, dtype=info.numpy).tobytes()
-    except OverflowError as exc:
-        raise InvalidInput(tensor.name, f"a value does not fit {tensor.datatype}: {exc}") from exc
+    return tensors.values_to_bytes(tensor.name, tensor.datatype, list(values))
 
 
 def encode_infer(response: mesh_pb2.InferResponse, model_version: int) -> pb.ModelInferResponse:

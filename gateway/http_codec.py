@@ -154,10 +154,7 @@ def _json_data_to_bytes(name: str, datatype: str, shape: list[int], data: Any) -
     allowed = _KINDS_ACCEPTED.get(info.numpy.kind, "biuf")
     if guess.dtype.kind not in allowed:
         raise InvalidInput(name, f"JSON values of kind '{guess.dtype.kind}' do not fit {datatype}")
-    try:
-        return np.asarray(flat, dtype=info.numpy).tobytes()
-    except (OverflowError, ValueError) as exc:
-        raise InvalidInput(name, f"a value does not fit {datatype}: {exc}") from exc
+    return tensors.values_to_bytes(name, datatype, flat)
 
 
 def _flatten(name: str, data: Any) -> list[Any]:
@@ -207,6 +204,13 @@ def encode_infer(
     }
     if response.request_id:
         header["id"] = response.request_id
+    parameters = {
+        key: getattr(param, which)
+        for key, param in response.parameters.items()
+        if (which := param.WhichOneof("choice")) is not None
+    }
+    if parameters:
+        header["parameters"] = parameters
     chunks: list[bytes] = []
     for tensor in response.outputs:
         entry: dict[str, Any] = {

@@ -76,8 +76,11 @@ class ModelView:
             outputs={t.name: spec(t, False) for t in config.output},
         )
 
+    def live_instances(self, now: float, stale_after_s: float) -> int:
+        return sum(1 for seen in self.instances.values() if now - seen <= stale_after_s)
+
     def state(self, now: float, stale_after_s: float) -> ModelState:
-        if any(now - seen <= stale_after_s for seen in self.instances.values()):
+        if self.live_instances(now, stale_after_s):
             return ModelState.READY
         if self.failures or self.instances:
             return ModelState.UNAVAILABLE
@@ -156,6 +159,11 @@ class ModelTable:
     # -- reading ----------------------------------------------------------------------------------
     def state(self, view: ModelView) -> ModelState:
         return view.state(time.monotonic(), self._stale_after_s)
+
+    def live_instances(self) -> list[tuple[str, int, int]]:
+        """(model, version, READY instances heard from recently) for every known model version."""
+        now = time.monotonic()
+        return [(v.name, v.version, v.live_instances(now, self._stale_after_s)) for v in self.all_views()]
 
     def versions_of(self, name: str) -> list[ModelView]:
         return sorted((v for (n, _), v in self._views.items() if n == name), key=lambda v: v.version)

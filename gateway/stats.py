@@ -69,6 +69,11 @@ class BatchStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
 
+    @property
+    def count(self) -> int:
+        """Batches executed at this size."""
+        return self.compute_infer.count
+
 
 @dataclass(slots=True)
 class ModelStats:

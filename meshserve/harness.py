@@ -33,6 +33,8 @@ class Mesh:
     http_url: str
     models: dict[str, str]
     log_path: Path
+    metrics_url: str = ""
+    """``http://127.0.0.1:<metrics port>/metrics`` (Prometheus text)."""
 
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:
@@ -123,6 +125,7 @@ def start_mesh(repository: Path, log_path: Path, *extra_args: str, timeout_s: fl
         http_url=f"127.0.0.1:{ready['http_port']}",
         models=dict(ready["models"]),
         log_path=log_path,
+        metrics_url=f"http://127.0.0.1:{ready['metrics_port']}/metrics",
     )
 
 

@@ -209,11 +209,20 @@ class Launcher:
                 models[key] = state
         for key, state in sorted(models.items()):
             log.info("model %-30s %s", key, state)
-        log.info("gateway gRPC %s:%s  HTTP %s:%s", g.host, gw["grpc_port"], g.host, gw["http_port"])
+        log.info(
+            "gateway gRPC %s:%s  HTTP %s:%s  metrics http://%s:%s/metrics",
+            g.host,
+            gw["grpc_port"],
+            g.host,
+            gw["http_port"],
+            g.host,
+            gw["metrics_port"],
+        )
         return {
             "nats": nats_url,
             "grpc_port": gw["grpc_port"],
             "http_port": gw["http_port"],
+            "metrics_port": gw["metrics_port"],
             "models": models,
         }
 

@@ -29,6 +29,7 @@ __all__ = [
     "serialize_bytes",
     "to_numpy",
     "validate_bytes",
+    "values_to_bytes",
 ]
 
 
@@ -200,3 +201,21 @@ def validate_bytes(name: str, data: bytes | memoryview, count: int) -> None:
             )
     if offset != end:
         raise InvalidInput(name, f"{end - offset} bytes left over after {count} BYTES elements")
+
+
+def values_to_bytes(name: str, datatype: str, values: Sequence[bool | int | float]) -> bytes:
+    """Raw bytes of typed values (JSON ``data``, gRPC ``contents``): integers are range-checked
+    explicitly, so an out-of-range value is refused the same way on every numpy version."""
+    info = DATATYPES[datatype]
+    if info.numpy is None:
+        raise InvalidInput(name, f"{datatype} data must be sent as raw bytes")
+    if info.numpy.kind in "iu" and len(values) > 0:
+        limits = np.iinfo(info.numpy)
+        low, high = min(values), max(values)
+        if low < limits.min or high > limits.max:
+            bad = low if low < limits.min else high
+            raise InvalidInput(name, f"a value does not fit {datatype}: {bad} is outside {limits.min}..{limits.max}")
+    try:
+        return np.asarray(values, dtype=info.numpy).tobytes()
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidInput(name, f"a value does not fit {datatype}: {exc}") from exc

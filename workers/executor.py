@@ -2,15 +2,19 @@
 
 The worker answers every request of the batch itself, straight to the requester's reply subject;
 the batcher only learns that the batch is done.  Whatever goes wrong, each request gets exactly one
-reply: its result, or an error naming the cause.
+reply: its result, or an error naming the cause.  Every reply, errors included, carries the batch's
+``Timing`` (Triton's compute_input / compute_infer / compute_output split, plus the request's own
+queue and transfer times); exactly one reply per executed batch counts the execution.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from meshserve.errors import Internal, MeshError, PayloadTooLarge
 from meshserve.pb import mesh_pb2
@@ -24,6 +28,16 @@ __all__ = ["BatchExecutor", "Publish"]
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One request of the batch on its way through: decoded, then answered."""
+
+    item: mesh_pb2.BatchItem
+    message: mesh_pb2.InferRequest
+    request: Request | None = None
+    response: mesh_pb2.InferResponse | None = None
+
+
 class BatchExecutor:
     def __init__(
         self, backend: Backend, publish: Publish, compute: ThreadPoolExecutor, max_message_bytes: int
@@ -34,26 +48,49 @@ class BatchExecutor:
         self._max_message_bytes = max_message_bytes
 
     async def run(self, batch: mesh_pb2.Batch) -> mesh_pb2.BatchDone:
-        pending: list[tuple[mesh_pb2.InferRequest, str, Request]] = []
-        for item in batch.items:
-            message = mesh_pb2.InferRequest()
-            try:
-                message.ParseFromString(item.request)
-            except Exception:
-                log.warning(
-                    "batch %d: undecodable request dropped (reply to %s)", batch.batch_id, item.reply_to
-                )
-                await self._reply(item.reply_to, encode_error(message, Internal("undecodable mesh request")))
-                continue
-            try:
-                pending.append((message, item.reply_to, decode_request(message)))
-            except MeshError as exc:
-                await self._reply(item.reply_to, encode_error(message, exc))
-        if pending:
-            results = await self._execute([request for _, _, request in pending])
-            for (message, reply_to, _), result in zip(pending, results, strict=True):
-                await self._reply(reply_to, self._encode(message, result))
+        """Decode (compute_input), execute (compute_infer), encode (compute_output), then reply to each
+        request with the batch's :class:`mesh_pb2.Timing`."""
+        start_unix_ns = time.time_ns()
+        t0 = time.perf_counter_ns()
+        slots = [self._decode(batch.batch_id, item) for item in batch.items]
+        executed = [(slot, slot.request) for slot in slots if slot.request is not None]
+        t1 = t2 = time.perf_counter_ns()
+        if executed:
+            results = await self._execute([request for _, request in executed])
+            t2 = time.perf_counter_ns()
+            for (slot, _), result in zip(executed, results, strict=True):
+                slot.response = self._encode(slot.message, result)
+        t3 = time.perf_counter_ns()
+        timing = mesh_pb2.Timing(
+            compute_input_ns=t1 - t0,
+            compute_infer_ns=t2 - t1,
+            compute_output_ns=t3 - t2,
+            batch_rows=sum(max(1, slot.message.batch_size) for slot, _ in executed),
+        )
+        first = executed[0][0] if executed else None
+        for slot in slots:
+            assert slot.response is not None
+            slot.response.timing.CopyFrom(timing)
+            slot.response.timing.queue_ns = slot.item.queue_ns
+            slot.response.timing.transfer_ns = _transfer_ns(slot.item, start_unix_ns)
+            slot.response.timing.counts_execution = slot is first
+            await self._reply(slot.item.reply_to, slot.response)
         return mesh_pb2.BatchDone(batch_id=batch.batch_id)
+
+    @staticmethod
+    def _decode(batch_id: int, item: mesh_pb2.BatchItem) -> _Slot:
+        slot = _Slot(item, mesh_pb2.InferRequest())
+        try:
+            slot.message.ParseFromString(item.request)
+        except Exception:
+            log.warning("batch %d: undecodable request dropped (reply to %s)", batch_id, item.reply_to)
+            slot.response = encode_error(slot.message, Internal("undecodable mesh request"))
+            return slot
+        try:
+            slot.request = decode_request(slot.message)
+        except MeshError as exc:
+            slot.response = encode_error(slot.message, exc)
+        return slot
 
     async def _execute(self, requests: list[Request]) -> list[Result]:
         loop = asyncio.get_running_loop()
@@ -93,8 +130,16 @@ class BatchExecutor:
                 model_name=response.model_name,
                 model_version=response.model_version,
                 error=mesh_pb2.Error(code=too_large.code, message=too_large.message),
+                timing=response.timing,
             ).SerializeToString()
         try:
             await self._publish(reply_to, data)
         except Exception:
             log.exception("cannot publish the reply for request %r", response.request_id)
+
+
+def _transfer_ns(item: mesh_pb2.BatchItem, start_unix_ns: int) -> int:
+    """Batcher dispatch → this worker starting the batch (wall clocks of two processes, so ≥ 0)."""
+    if not item.dispatch_unix_ns:
+        return 0
+    return max(0, start_unix_ns - item.dispatch_unix_ns)

@@ -134,6 +134,7 @@ def test_reserved_parameters_are_removed_and_the_rest_forwarded_by_type() -> Non
         sequence_end=False,
         headers="x",
         triton_enable_empty_final_response=True,
+        meshserve_timing=True,
         temperature=0.5,
         top_k=3,
         stream=False,
