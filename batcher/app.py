@@ -119,15 +119,15 @@ class Batcher:
                 ann.instance_id,
                 ann.address,
                 min(ann.max_inflight_batches or 1, self._settings.inflight_batches_per_instance),
-                self._settings.limits.grpc_message_bytes,
+                self._settings.limits.frame_bytes,
                 on_done=functools.partial(self._on_done, scheduler),
                 on_lost=functools.partial(self._on_lost, scheduler),
             )
             scheduler.add_link(link)
-            self._tg.create_task(link.read())
+            self._tg.create_task(link.run())
             log.info("instance %s of %s v%d joined at %s", ann.instance_id, *key, ann.address)
 
-    def _on_done(self, scheduler: ModelScheduler, link: InstanceLink, flight: InFlight) -> None:
+    def _on_done(self, scheduler: ModelScheduler, link: InstanceLink, flight: InFlight | None) -> None:
         scheduler.notify()
         if not link.accepting and not link.inflight:  # a leaving worker finished its last batch
             self._tg.create_task(link.close())

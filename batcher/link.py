@@ -1,8 +1,8 @@
-"""One worker instance as the batcher sees it: a long-lived gRPC stream, batches in flight on it.
+"""One worker instance as the batcher sees it: a long-lived TCP stream of frames, batches in flight on it.
 
-``send`` writes a batch; a reader task waits for each ``BatchDone``.  When the stream breaks (the
-worker died or went away), every batch still in flight is handed to ``on_lost`` so that each of its
-requests gets an answer — never a hang.
+``run`` connects and then reads each ``BatchDone``; ``send`` writes a batch.  When the stream breaks
+(the worker died or went away), every batch still in flight is handed to ``on_lost`` so that each of
+its requests gets an answer — never a hang.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
-
-from meshserve.pb import mesh_pb2, mesh_pb2_grpc
+from meshserve.framing import read_frame, split_address, write_frame
+from meshserve.pb import mesh_pb2
 
 log = logging.getLogger(__name__)
 
@@ -36,52 +35,57 @@ class InstanceLink:
         instance_id: str,
         address: str,
         max_inflight: int,
-        grpc_message_bytes: int,
-        on_done: Callable[[InstanceLink, InFlight], None],
+        max_frame_bytes: int,
+        on_done: Callable[[InstanceLink, InFlight | None], None],
         on_lost: Callable[[InstanceLink, list[InFlight], str], None],
+        connect_timeout_s: float = 5.0,
     ) -> None:
         self.instance_id = instance_id
         self.address = address
         self.max_inflight = max(1, max_inflight)
         self.inflight: dict[int, InFlight] = {}
         self.accepting = True
+        self._max_frame_bytes = max_frame_bytes
+        self._connect_timeout_s = connect_timeout_s
         self._on_done = on_done
         self._on_lost = on_lost
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", grpc_message_bytes),
-                ("grpc.max_send_message_length", grpc_message_bytes),
-            ],
-        )
-        self._call = mesh_pb2_grpc.WorkerStub(self._channel).Execute()
+        self._writer: asyncio.StreamWriter | None = None
         self._closed = False
 
     @property
     def free(self) -> bool:
-        return self.accepting and not self._closed and len(self.inflight) < self.max_inflight
+        return (
+            self.accepting
+            and self._writer is not None
+            and not self._closed
+            and len(self.inflight) < self.max_inflight
+        )
 
     async def send(self, flight: InFlight) -> None:
+        assert self._writer is not None, "send() before the link is connected"
         self.inflight[flight.batch.batch_id] = flight
         try:
-            await self._call.write(flight.batch)
-        except Exception as exc:  # the reader sees the same break and fails the batch
+            write_frame(self._writer, flight.batch.SerializeToString())
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:  # the reader sees the same break and ends
             log.warning("instance %s: cannot send batch %d: %s", self.instance_id, flight.batch.batch_id, exc)
             self._lose(f"stream to worker {self.instance_id} at {self.address} broke: {exc}")
 
-    async def read(self) -> None:
-        """Runs for the life of the link; ends when the stream ends."""
-        reason = f"worker {self.instance_id} at {self.address} closed its stream"
+    async def run(self) -> None:
+        """Connect, then read ``BatchDone`` frames for the life of the link."""
+        reason = f"worker {self.instance_id} at {self.address} lost: it closed its stream"
         try:
-            while True:
-                done = await self._call.read()
-                if done is grpc.aio.EOF:
-                    break
+            host, port = split_address(self.address)
+            async with asyncio.timeout(self._connect_timeout_s):
+                reader, self._writer = await asyncio.open_connection(host, port, limit=2**20)
+            self._on_done(self, None)  # connected: the scheduler may send now
+            while (frame := await read_frame(reader, self._max_frame_bytes)) is not None:
+                done = mesh_pb2.BatchDone.FromString(frame)
                 flight = self.inflight.pop(done.batch_id, None)
                 if flight is not None:
                     self._on_done(self, flight)
-        except grpc.aio.AioRpcError as exc:
-            reason = f"worker {self.instance_id} at {self.address} lost: {exc.code().name} {exc.details()}"
+        except (ConnectionError, OSError, TimeoutError, ValueError) as exc:
+            reason = f"worker {self.instance_id} at {self.address} lost: {type(exc).__name__}: {exc}"
         except asyncio.CancelledError:
             reason = "batcher shutting down"
             raise
@@ -101,5 +105,9 @@ class InstanceLink:
             return
         self._closed = True
         self.accepting = False
-        self._call.cancel()
-        await self._channel.close()
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass

@@ -40,6 +40,12 @@ class Limits:
     """Deadline of a request that carries no ``timeout`` parameter (``--request-timeout-secs``)."""
 
     @property
+    def frame_bytes(self) -> int:
+        """Largest batcher ↔ worker frame: a batch holds several requests, each up to the message limit.
+        The bound guards against a corrupt stream, not against load (batches are bounded by rows)."""
+        return max(256 * 1024 * 1024, 8 * self.max_message_bytes)
+
+    @property
     def grpc_message_bytes(self) -> int:
         """gRPC limit: the payload plus room for the envelope, so gRPC never rejects first."""
         return self.max_message_bytes + 1024 * 1024
@@ -109,6 +115,6 @@ class UpSettings:
     startup_timeout_s: float = 120.0
     exit_timeout_s: float = 30.0
     log_verbose: int = 0
-    event_loop: str = "asyncio"
+    event_loop: str = "uvloop"
     """``asyncio`` or ``uvloop``, for every process the launcher starts."""
     limits: Limits = field(default_factory=Limits)

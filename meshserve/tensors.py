@@ -214,7 +214,9 @@ def values_to_bytes(name: str, datatype: str, values: Sequence[bool | int | floa
         low, high = min(values), max(values)
         if low < limits.min or high > limits.max:
             bad = low if low < limits.min else high
-            raise InvalidInput(name, f"a value does not fit {datatype}: {bad} is outside {limits.min}..{limits.max}")
+            raise InvalidInput(
+                name, f"a value does not fit {datatype}: {bad} is outside {limits.min}..{limits.max}"
+            )
     try:
         return np.asarray(values, dtype=info.numpy).tobytes()
     except (OverflowError, ValueError, TypeError) as exc:

@@ -1,15 +1,12 @@
-"""The worker process: load one model version, serve batches over gRPC, announce itself on NATS."""
+"""The worker process: load one model version, serve batches over TCP frames, announce itself on NATS."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import grpc
 from nats.aio.client import Client
 
 from meshserve import subjects
@@ -18,28 +15,16 @@ from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.model_config import config_to_json, load_config
-from meshserve.pb import mesh_pb2, mesh_pb2_grpc
+from meshserve.pb import mesh_pb2
 from meshserve.settings import WorkerSettings
 from workers.backends import create_backend
 from workers.backends.base import Backend, LoadContext
 from workers.executor import BatchExecutor
+from workers.server import BatchServer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run"]
-
-
-class WorkerService(mesh_pb2_grpc.WorkerServicer):
-    """The gRPC face of the worker: one long-lived stream per batcher, batches run one at a time."""
-
-    def __init__(self, executor: BatchExecutor) -> None:
-        self._executor = executor
-
-    async def Execute(
-        self, request_iterator: AsyncIterator[mesh_pb2.Batch], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[mesh_pb2.BatchDone]:
-        async for batch in request_iterator:
-            yield await self._executor.run(batch)
 
 
 class Announcer:
@@ -115,12 +100,8 @@ async def run(settings: WorkerSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, f"worker-{settings.model_name}-{settings.instance_index}")
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-    limit = settings.limits.grpc_message_bytes
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    announcer = Announcer(nc, settings, f"{settings.host}:{port}")
+    announcer = Announcer(nc, settings, address="")  # the batch endpoint opens once the model is loaded
+    server: BatchServer | None = None
 
     async def on_query(_msg: object) -> None:
         await announcer.publish()
@@ -133,8 +114,9 @@ async def run(settings: WorkerSettings) -> None:
             backend = await _load(settings, compute, announcer)
             if backend is not None:
                 executor = BatchExecutor(backend, nc.publish, compute, settings.limits.max_message_bytes)
-                mesh_pb2_grpc.add_WorkerServicer_to_server(WorkerService(executor), server)
-                await server.start()
+                server = BatchServer(executor, settings.limits.frame_bytes)
+                port = await server.start(settings.host, settings.port)
+                announcer.message.address = f"{settings.host}:{port}"
                 await announcer.publish(mesh_pb2.READY, "")
             announce_ready(
                 "worker",
@@ -147,7 +129,8 @@ async def run(settings: WorkerSettings) -> None:
             )
             await stop.wait()
             await announcer.publish(mesh_pb2.STOPPING)
-            await server.stop(grace=settings.exit_timeout_s)
+            if server is not None:
+                await server.stop(settings.exit_timeout_s)
     finally:
         if backend is not None:
             await asyncio.get_running_loop().run_in_executor(compute, backend.unload)

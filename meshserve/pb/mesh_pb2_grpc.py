@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from meshserve.pb import mesh_pb2 as meshserve_dot_pb_dot_mesh__pb2
 
 GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
@@ -23,76 +22,3 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
-
-
-class WorkerStub(object):
-    """Missing associated documentation comment in .proto file."""
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.Execute = channel.stream_stream(
-                '/meshserve.mesh.Worker/Execute',
-                request_serializer=meshserve_dot_pb_dot_mesh__pb2.Batch.SerializeToString,
-                response_deserializer=meshserve_dot_pb_dot_mesh__pb2.BatchDone.FromString,
-                _registered_method=True)
-
-
-class WorkerServicer(object):
-    """Missing associated documentation comment in .proto file."""
-
-    def Execute(self, request_iterator, context):
-        """The batcher opens one stream per worker instance and keeps it for the worker's lifetime.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_WorkerServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'Execute': grpc.stream_stream_rpc_method_handler(
-                    servicer.Execute,
-                    request_deserializer=meshserve_dot_pb_dot_mesh__pb2.Batch.FromString,
-                    response_serializer=meshserve_dot_pb_dot_mesh__pb2.BatchDone.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'meshserve.mesh.Worker', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('meshserve.mesh.Worker', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class Worker(object):
-    """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def Execute(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/meshserve.mesh.Worker/Execute',
-            meshserve_dot_pb_dot_mesh__pb2.Batch.SerializeToString,
-            meshserve_dot_pb_dot_mesh__pb2.BatchDone.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
