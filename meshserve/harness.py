@@ -34,6 +34,8 @@ class Mesh:
     models: dict[str, str]
     log_path: Path
     metrics_url: str = ""
+    metrics_urls: tuple[str, ...] = ()
+    """One per gateway process (``--gateways N``)."""
     """``http://127.0.0.1:<metrics port>/metrics`` (Prometheus text)."""
 
     def stop(self, timeout_s: float = 30.0) -> int:
@@ -50,9 +52,12 @@ class Mesh:
         return self.log_path.read_text(errors="replace")
 
     def pids(self) -> dict[str, int]:
-        """Every process of the mesh by role (``up``, ``nats-server``, ``gateway``, ``worker:<model>``...)."""
+        """Every process of the mesh by role (``up``, ``nats-server``, ``gateway``, ``worker:<model>``...);
+        a second process of the same role is ``<role>#1``, and so on (ordered by pid)."""
         found = {"up": self.process.pid}
-        for entry in Path("/proc").iterdir():
+        for entry in sorted(
+            (p for p in Path("/proc").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        ):
             if not entry.name.isdigit():
                 continue
             try:
@@ -70,6 +75,10 @@ class Mesh:
                 role = args[args.index("meshserve.cli") + 1]
                 if role == "worker":
                     role = f"worker:{args[args.index('--model-name') + 1]}"
+                base, n = role, 0
+                while role in found:
+                    n += 1
+                    role = f"{base}#{n}"
                 found[role] = int(entry.name)
         return found
 
@@ -126,6 +135,7 @@ def start_mesh(repository: Path, log_path: Path, *extra_args: str, timeout_s: fl
         models=dict(ready["models"]),
         log_path=log_path,
         metrics_url=f"http://127.0.0.1:{ready['metrics_port']}/metrics",
+        metrics_urls=tuple(f"http://127.0.0.1:{port}/metrics" for port in ready["metrics_ports"]),
     )
 
 

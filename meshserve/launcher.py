@@ -152,25 +152,7 @@ class Launcher:
         batcher = await self._spawn("batcher", ["batcher", *common])
         await self._wait_ready([batcher])
         g = s.gateway
-        gateway = await self._spawn(
-            "gateway",
-            [
-                "gateway",
-                *common,
-                "--model-repository",
-                str(s.model_repository),
-                "--host",
-                g.host,
-                "--http-port",
-                str(g.http_port),
-                "--grpc-port",
-                str(g.grpc_port),
-                "--metrics-port",
-                str(g.metrics_port),
-                f"--strict-readiness={str(g.strict_readiness).lower()}",
-            ],
-        )
-        (gw,) = await self._wait_ready([gateway])
+        gw = await self._start_gateways(common)
         entries = scan_repository(s.model_repository)
         for entry in entries:
             if entry.error:
@@ -210,21 +192,48 @@ class Launcher:
         for key, state in sorted(models.items()):
             log.info("model %-30s %s", key, state)
         log.info(
-            "gateway gRPC %s:%s  HTTP %s:%s  metrics http://%s:%s/metrics",
+            "%d gateway(s): gRPC %s:%s  HTTP %s:%s  metrics %s",
+            s.gateways,
             g.host,
             gw["grpc_port"],
             g.host,
             gw["http_port"],
-            g.host,
-            gw["metrics_port"],
+            " ".join(f"http://{g.host}:{p}/metrics" for p in gw["metrics_ports"]),
         )
         return {
             "nats": nats_url,
             "grpc_port": gw["grpc_port"],
             "http_port": gw["http_port"],
             "metrics_port": gw["metrics_port"],
+            "metrics_ports": gw["metrics_ports"],
             "models": models,
         }
+
+    async def _start_gateways(self, common: list[str]) -> dict[str, Any]:
+        """The first gateway binds the ports (0 = free ones); the others join the same ports with
+        SO_REUSEPORT.  Each keeps its own metrics port (``--metrics-port`` + i, or a free one)."""
+        s, g = self._settings, self._settings.gateway
+        shared = ["--reuse-port"] if s.gateways > 1 else []
+
+        def args(http: int, grpc_port: int, metrics: int) -> list[str]:
+            return [
+                "gateway", *common, "--model-repository", str(s.model_repository), "--host", g.host,
+                "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
+                f"--strict-readiness={str(g.strict_readiness).lower()}", *shared,
+            ]  # fmt: skip
+
+        first = await self._spawn("gateway 0", args(g.http_port, g.grpc_port, g.metrics_port))
+        (ready,) = await self._wait_ready([first])
+        others = [
+            await self._spawn(
+                f"gateway {i}",
+                args(ready["http_port"], ready["grpc_port"], g.metrics_port + i if g.metrics_port else 0),
+            )
+            for i in range(1, s.gateways)
+        ]
+        extra = await self._wait_ready(others)
+        ready["metrics_ports"] = [ready["metrics_port"], *[r["metrics_port"] for r in extra]]
+        return ready
 
     async def stop(self) -> None:
         for child in reversed(self._children):

@@ -61,6 +61,9 @@ class GatewaySettings:
     metrics_port: int = 8002
     strict_readiness: bool = True
     """ServerReady is true only when every model is ready (Triton's ``--strict-readiness``)."""
+    reuse_port: bool = False
+    """Bind the gRPC and HTTP ports with SO_REUSEPORT, so several gateway processes share them and the
+    kernel spreads connections across them (``meshserve up --gateways N``)."""
     instance_stale_after_s: float = 5.0
     """A worker silent for this long no longer counts toward a model's readiness."""
     exit_with_parent: bool = False
@@ -107,6 +110,8 @@ class UpSettings:
 
     model_repository: Path
     gateway: GatewaySettings
+    gateways: int = 1
+    """Gateway processes sharing the client ports (one Python process must not be the ceiling)."""
     nats_url: str | None = None
     """An existing NATS server; None starts an embedded one."""
     nats_port: int = -1

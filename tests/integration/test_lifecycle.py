@@ -96,3 +96,38 @@ def test_children_stop_when_the_launcher_is_killed(small_mesh: Mesh) -> None:
     assert wait_for(lambda: not any(alive(pid) for pid in services.values()), timeout_s=15), {
         role: pid for role, pid in services.items() if alive(pid)
     }
+
+
+def test_several_gateways_share_the_client_ports(tmp_path: Path) -> None:
+    import urllib.request
+
+    repository = tmp_path / "models"
+    repository.mkdir()
+    (repository / "simple").symlink_to(ROOT / "examples" / "model_repository" / "simple")
+    mesh = start_mesh(repository, tmp_path / "mesh.log", "--gateways", "2")
+    try:
+        pids = mesh.pids()
+        assert "gateway" in pids and "gateway#1" in pids
+        assert len(mesh.metrics_urls) == 2
+        a = np.arange(16, dtype=np.int32).reshape(1, 16)
+        for _ in range(24):  # a new client = a new connection; the kernel spreads them over both
+            client = grpcclient.InferenceServerClient(mesh.grpc_url)
+            inputs = [
+                grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+                grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+            ]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(a)
+            np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
+            client.close()
+        served = []
+        for url in mesh.metrics_urls:
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            line = next(
+                row for row in text.splitlines() if row.startswith('nv_inference_request_success{model="simple"')
+            )
+            served.append(float(line.rsplit(" ", 1)[1]))
+        assert sum(served) == 24
+        assert all(n > 0 for n in served), served
+    finally:
+        assert mesh.stop() == 0
