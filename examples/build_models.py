@@ -1,16 +1,50 @@
-"""Build the TorchScript example models with fixed seeds (their outputs are reproducible).
+"""Build the example models with fixed seeds (their outputs are reproducible).
 
-python examples/build_models.py [--repository examples/model_repository]
+python examples/build_models.py [--repository examples/model_repository] [--only torch|onnx]
+
+- ``linear_torch/1/model.pt``: TorchScript Linear(16, 8) + ReLU (torch).
+- ``add_sub_onnx/1/model.onnx``: FP32 INPUT0, INPUT1 [batch, 16] -> OUTPUT0 = sum, OUTPUT1 =
+  difference; its config.pbtxt is written here too (onnx, from the ``test`` extra).
+- ``dense_onnx/1/model.onnx``: FP32 x [batch, 16] -> y = relu(x @ W + b) [batch, 8], seeded W and b,
+  and *no* config.pbtxt: the onnxruntime backend auto-completes it from the graph.
+
+onnx is imported only by the builders that need it; ``dense_reference`` (numpy only) gives the
+reference that tests compare against.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+
+ONNX_OPSET = 17
+"""Opset and IR version old enough for any onnxruntime >= 1.14 to load the files."""
+ONNX_IR_VERSION = 8
+
+ADD_SUB_ONNX_CONFIG = """\
+# Built by examples/build_models.py.  Triton's onnxruntime backend reads the same file.
+name: "add_sub_onnx"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+parameters { key: "inter_op_thread_count" value: { string_value: "1" } }
+"""
 
 
 class LinearRelu(torch.nn.Module):
@@ -27,17 +61,104 @@ def linear_torch(seed: int = 0) -> torch.nn.Module:
     return LinearRelu(16, 8).eval()
 
 
-def build(repository: Path) -> None:
+def dense_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``dense_onnx``'s W [16, 8] and b [8] (FP32)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((16, 8)).astype(np.float32) / 4
+    bias = rng.standard_normal(8).astype(np.float32) / 4
+    return weight, bias
+
+
+def dense_reference(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    weight, bias = dense_weights(seed)
+    return np.maximum(x @ weight + bias, 0).astype(np.float32)
+
+
+def _onnx_model(graph: Any) -> Any:
+    from onnx import checker, helper
+
+    model = helper.make_model(
+        graph,
+        producer_name="meshserve examples/build_models.py",
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+    )
+    model.ir_version = ONNX_IR_VERSION
+    checker.check_model(model)
+    return model
+
+
+def add_sub_onnx() -> Any:
+    from onnx import TensorProto, helper
+
+    def tensor(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "add_sub",
+        [tensor("INPUT0"), tensor("INPUT1")],
+        [tensor("OUTPUT0"), tensor("OUTPUT1")],
+    )
+    return _onnx_model(graph)
+
+
+def dense_onnx(seed: int = 0) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight, bias = dense_weights(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xW"]),
+            helper.make_node("Add", ["xW", "b"], ["xWb"]),
+            helper.make_node("Relu", ["xWb"], ["y"]),
+        ],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    return _onnx_model(graph)
+
+
+def build_torch(repository: Path) -> None:
     target = repository / "linear_torch" / "1" / "model.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.script(linear_torch()).save(str(target))
     print(f"wrote {target}")
 
 
+def build_onnx(repository: Path) -> None:
+    import onnx
+
+    target = repository / "add_sub_onnx" / "1" / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(add_sub_onnx(), str(target))
+    (repository / "add_sub_onnx" / "config.pbtxt").write_text(ADD_SUB_ONNX_CONFIG)
+    print(f"wrote {target} and its config.pbtxt")
+    target = repository / "dense_onnx" / "1" / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(dense_onnx(), str(target))
+    print(f"wrote {target} (no config.pbtxt: auto-completed from the graph)")
+
+
+def build(repository: Path, only: str | None = None) -> None:
+    if only in (None, "torch"):
+        build_torch(repository)
+    if only in (None, "onnx"):
+        build_onnx(repository)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repository", type=Path, default=HERE / "model_repository")
-    build(parser.parse_args().repository)
+    parser.add_argument("--only", choices=("torch", "onnx"), help="build one format's models only")
+    args = parser.parse_args()
+    build(args.repository, args.only)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
 from meshserve import __version__
-from meshserve.errors import MeshError, from_wire
+from meshserve.errors import InvalidArgument, MeshError, from_wire
 from meshserve.pb import mesh_pb2
 from meshserve.settings import GatewaySettings
 
@@ -47,6 +48,11 @@ class InferenceCore:
         self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
     ) -> InferOutcome:
         view = self.models.ready_view(model, version)
+        if view.decoupled:
+            raise InvalidArgument(
+                f"model '{view.name}' is decoupled (0..N responses per request): call it with the "
+                "streaming API (gRPC ModelStreamInfer) instead"
+            )
         start = time.perf_counter_ns()
         with self.stats.in_flight(view.name, view.version):
             response = await self._round_trip(view, call, client_timeout_s, start)
@@ -83,6 +89,37 @@ class InferenceCore:
             raise error
         self.stats.record_success(view.name, view.version, elapsed_ns, prepared.message.batch_size, timing)
         return response
+
+    async def stream_infer(
+        self, model: str, version: str, call: InferCall
+    ) -> AsyncIterator[tuple[ModelView, mesh_pb2.InferResponse]]:
+        """A decoupled model's responses to one request, as they come; the last one is final
+        (``more`` false).  An error ends the stream (raised after the responses before it)."""
+        view = self.models.ready_view(model, version)
+        limits = self.settings.limits
+        start = time.perf_counter_ns()
+        timing: mesh_pb2.Timing | None = None
+        with self.stats.in_flight(view.name, view.version):
+            try:
+                prepared = build_request(call, view, limits.request_timeout_s, limits.max_message_bytes)
+                async for response in self._dispatcher.stream(prepared.message, prepared.timeout_s):
+                    if response.HasField("timing") and timing is None:
+                        timing = response.timing
+                    if response.HasField("error"):
+                        raise from_wire(response.error.code, response.error.message)
+                    yield view, response
+            except MeshError as exc:
+                reason = failure_reason(exc, from_worker=timing is not None, from_mesh=True)
+                self.stats.record_failure(
+                    view.name, view.version, time.perf_counter_ns() - start, reason, timing
+                )
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                self.stats.record_failure(
+                    view.name, view.version, time.perf_counter_ns() - start, FailureReason.CANCELED
+                )
+                raise
+        self.stats.record_success(view.name, view.version, time.perf_counter_ns() - start, 0, timing)
 
     # -- health and metadata ------------------------------------------------------------------------
     def live(self) -> bool:

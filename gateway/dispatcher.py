@@ -8,23 +8,34 @@ when there is one) before raising it.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+from collections.abc import AsyncIterator
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from meshserve import subjects
-from meshserve.errors import DeadlineExceeded, Internal, MeshError, Unavailable
+from meshserve.errors import DeadlineExceeded, Internal, MeshError, QueueFull, Unavailable
 from meshserve.pb import mesh_pb2
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "StreamInbox", "StreamOverflow"]
 
 
 class Dispatcher:
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, stream_queue_size: int = 1024) -> None:
         self._nc = nc
+        self._streams = StreamInbox(nc, stream_queue_size)
+
+    def stream(
+        self, request: mesh_pb2.InferRequest, timeout_s: float
+    ) -> AsyncIterator[mesh_pb2.InferResponse]:
+        """A decoupled request: its responses as they come (see :class:`StreamInbox`)."""
+        return self._streams.stream(request, timeout_s)
 
     async def infer(self, request: mesh_pb2.InferRequest, timeout_s: float) -> mesh_pb2.InferResponse:
         subject = subjects.infer(request.model_name, request.model_version)
@@ -51,3 +62,79 @@ class Dispatcher:
         except Exception as exc:
             raise Internal("undecodable response from the mesh") from exc
         return response
+
+
+class StreamOverflow(QueueFull):
+    """More responses arrived for one stream than its buffer holds: the client reads too slowly."""
+
+
+class StreamInbox:
+    """Replies for decoupled requests (0..N responses each): one wildcard subscription per gateway,
+    one bounded queue per request, routed by the last token of the reply subject."""
+
+    def __init__(self, nc: Client, queue_size: int) -> None:
+        self._nc = nc
+        self._queue_size = queue_size
+        self._prefix = ""
+        self._tokens = itertools.count(1)
+        self._queues: dict[str, asyncio.Queue[bytes]] = {}
+        self._overflowed: set[str] = set()
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox()
+        await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        queue = self._queues.get(token)
+        if queue is None:
+            return  # the requester gave up; late responses are dropped
+        try:
+            queue.put_nowait(msg.data)
+        except asyncio.QueueFull:
+            self._overflowed.add(token)
+
+    async def stream(
+        self, request: mesh_pb2.InferRequest, timeout_s: float
+    ) -> AsyncIterator[mesh_pb2.InferResponse]:
+        """Publish ``request``; yield its responses until the final one, an error, or the deadline."""
+        if not self._prefix:
+            await self.start()
+        token = str(next(self._tokens))
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=self._queue_size)
+        self._queues[token] = queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            subject = subjects.infer(request.model_name, request.model_version)
+            try:
+                await self._nc.publish(subject, request.SerializeToString(), reply=f"{self._prefix}.{token}")
+            except Exception as exc:
+                raise Unavailable(
+                    f"cannot send the request into the mesh: {type(exc).__name__}: {exc}"
+                ) from exc
+            while True:
+                if token in self._overflowed:
+                    raise StreamOverflow(
+                        f"more than {self._queue_size} responses of model '{request.model_name}' were waiting "
+                        "for this client; it reads too slowly (raise MESHSERVE_STREAM_QUEUE_SIZE)"
+                    )
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        data = await queue.get()
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"Request timeout expired: model '{request.model_name}' did not send its final "
+                        f"response within {timeout_s:g} s"
+                    ) from None
+                response = mesh_pb2.InferResponse()
+                try:
+                    response.ParseFromString(data)
+                except Exception as exc:
+                    raise Internal("undecodable response from the mesh") from exc
+                yield response
+                if not response.more or response.HasField("error"):
+                    return
+        finally:
+            self._queues.pop(token, None)
+            self._overflowed.discard(token)

@@ -132,13 +132,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Ctx
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Non-decoupled models over a stream: one response per request, errors in-band."""
+        """Requests on one stream run concurrently; each gets its responses in-band: one for a regular
+        model, 0..N for a decoupled one (each tagged ``triton_final_response``; the flag-only final
+        response is sent when the request set ``triton_enable_empty_final_response``), or an
+        ``error_message``."""
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, None)
-                await results.put(pb.ModelStreamInferResponse(infer_response=response))
+                view = self._core.models.ready_view(request.model_name, request.model_version)
+                if not view.decoupled:
+                    response = await self._infer(request, None)
+                    await results.put(pb.ModelStreamInferResponse(infer_response=response))
+                    return
+                call = decode_infer(request)
+                empty_final = call.parameters.get("triton_enable_empty_final_response") is True
+                async for served, partial in self._core.stream_infer(
+                    request.model_name, request.model_version, call
+                ):
+                    final = not partial.more
+                    if final and not partial.outputs and not empty_final:
+                        continue
+                    out = encode_infer(partial, served.version)
+                    out.parameters["triton_final_response"].bool_param = final
+                    await results.put(pb.ModelStreamInferResponse(infer_response=out))
             except MeshError as exc:
                 failed = pb.ModelInferResponse(
                     model_name=request.model_name, model_version=request.model_version, id=request.id

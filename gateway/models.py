@@ -61,6 +61,11 @@ class ModelView:
     def platform(self) -> str:
         return self.config.platform or self.config.backend
 
+    @property
+    def decoupled(self) -> bool:
+        """0..N responses per request (``model_transaction_policy { decoupled: true }``)."""
+        return bool(self.config.model_transaction_policy.decoupled)
+
     @classmethod
     def from_config(cls, name: str, version: int, config: mc.ModelConfig) -> ModelView:
         def spec(t: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:

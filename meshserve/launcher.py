@@ -157,6 +157,8 @@ class Launcher:
         for entry in entries:
             if entry.error:
                 log.error("model '%s' cannot be served: %s", entry.name, entry.error)
+            elif entry.auto_complete:
+                log.info("model '%s': its workers complete the config from the model file", entry.name)
         workers = []
         for spec in worker_plan(entries, _gpu_count()):
             env = (

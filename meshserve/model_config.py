@@ -3,6 +3,12 @@
 Parsing is protobuf's own text format (no hand-written parser).  Completion fills what Triton
 fills before a model loads: the name from the directory, the backend from a legacy ``platform``,
 the default model file name, and a default ``preferred_batch_size`` rule is left to the batcher.
+
+A model directory without config.pbtxt is accepted when a version directory holds a
+``model.onnx`` (Triton: the config is optional for ONNX models): its config starts as name,
+backend and platform, and the worker completes inputs, outputs and ``max_batch_size`` from the
+graph before it announces the model (``needs_auto_complete``).  This module never opens the model
+file itself: the core does not import onnx or onnxruntime.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ __all__ = [
     "config_from_bytes",
     "config_to_json",
     "load_config",
+    "needs_auto_complete",
     "parse_config",
 ]
 
@@ -43,6 +50,10 @@ _DEFAULT_FILENAME = {
     "onnxruntime": "model.onnx",
     "tensorrt": "model.plan",
 }
+_AUTO_COMPLETE_BACKENDS = frozenset({"onnxruntime"})
+"""Backends whose worker derives inputs/outputs/max_batch_size from the model file (Triton's MR8)."""
+_CONFIGLESS_MODEL_FILES = {"model.onnx": "onnxruntime"}
+"""A model file that stands in for a missing config.pbtxt, and the backend it names."""
 
 
 class ConfigError(InvalidArgument):
@@ -64,12 +75,44 @@ def load_config(model_dir: Path) -> mc.ModelConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: missing (every model directory needs a config.pbtxt)") from None
+        config = _config_from_model_file(model_dir)
+        if config is None:
+            raise ConfigError(
+                f"{path}: missing (every model directory needs a config.pbtxt, unless a version "
+                f"directory holds a {' or '.join(_CONFIGLESS_MODEL_FILES)} to complete it from)"
+            ) from None
+        complete_config(config, model_dir.name, str(path))
+        return config
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from exc
     config = parse_config(text, str(path))
     complete_config(config, model_dir.name, str(path))
     return config
+
+
+def _config_from_model_file(model_dir: Path) -> mc.ModelConfig | None:
+    """The minimal config (name, backend, platform) of a config-less model directory whose version
+    directories hold a model file that auto-complete can describe; None when there is none."""
+    try:
+        children = sorted(model_dir.iterdir())
+    except OSError:
+        return None
+    for child in children:
+        if not (child.is_dir() and child.name.isascii() and child.name.isdigit()):
+            continue
+        for filename, backend in _CONFIGLESS_MODEL_FILES.items():
+            if (child / filename).exists():
+                return mc.ModelConfig(
+                    name=model_dir.name, backend=backend, platform=_BACKEND_TO_PLATFORM[backend]
+                )
+    return None
+
+
+def needs_auto_complete(config: mc.ModelConfig) -> bool:
+    """True when the worker must complete this config from the model file before serving it:
+    its backend can, and the config lists no inputs or no outputs (Triton's rule)."""
+    has_inputs = bool(config.input) or bool(config.batch_input)
+    return config.backend in _AUTO_COMPLETE_BACKENDS and not (has_inputs and config.output)
 
 
 def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFIG_FILENAME) -> None:

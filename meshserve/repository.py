@@ -1,5 +1,9 @@
 """The model repository in Triton's layout: ``<repo>/<model>/config.pbtxt`` and ``<model>/<version>/``.
 
+A model directory may lack config.pbtxt when a version directory holds a ``model.onnx``: its entry
+then carries a minimal config flagged ``auto_complete``, and each worker completes it from the graph
+before announcing it (gateways and batchers use the announced config).
+
 Version directories are positive integers (a name that is not a number, or starts with ``0``, is
 ignored, as Triton does).  ``version_policy`` picks which versions are served: ``latest { num_versions }``
 (default: the single highest), ``all``, or ``specific { versions }``.
@@ -11,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshserve.errors import MeshError
-from meshserve.model_config import ConfigError, load_config
+from meshserve.model_config import ConfigError, load_config, needs_auto_complete
 from meshserve.pb import model_config_pb2 as mc
 
 __all__ = ["ModelEntry", "list_versions", "scan_repository", "select_versions"]
@@ -27,6 +31,8 @@ class ModelEntry:
     versions: tuple[int, ...] = ()
     error: str = ""
     available_versions: tuple[int, ...] = field(default=())
+    auto_complete: bool = False
+    """The config lacks inputs or outputs that its workers derive from the model file."""
 
 
 def list_versions(model_dir: Path) -> list[int]:
@@ -74,5 +80,11 @@ def _read_model(model_dir: Path) -> ModelEntry:
     versions = select_versions(config.version_policy, available)
     error = "" if versions else f"no version directory under {model_dir} matches its version_policy"
     return ModelEntry(
-        model_dir.name, model_dir, config, tuple(versions), error, available_versions=tuple(available)
+        model_dir.name,
+        model_dir,
+        config,
+        tuple(versions),
+        error,
+        available_versions=tuple(available),
+        auto_complete=needs_auto_complete(config),
     )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from nats.aio.client import Client
 
@@ -14,11 +15,12 @@ from meshserve.errors import MeshError
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
-from meshserve.model_config import config_to_json, load_config
+from meshserve.model_config import complete_config, config_from_bytes, config_to_json, load_config
 from meshserve.pb import mesh_pb2
+from meshserve.pb import model_config_pb2 as mc
 from meshserve.settings import WorkerSettings
 from workers.backends import create_backend
-from workers.backends.base import Backend, LoadContext
+from workers.backends.base import Backend, ConfigCompleter, LoadContext
 from workers.executor import BatchExecutor
 from workers.server import BatchServer
 
@@ -64,6 +66,18 @@ class Announcer:
                 pass
 
 
+def _load_context(settings: WorkerSettings, model_dir: Path, config: mc.ModelConfig) -> LoadContext:
+    return LoadContext(
+        model_name=settings.model_name,
+        model_version=settings.model_version,
+        model_dir=model_dir,
+        config=config,
+        config_json=config_to_json(config),
+        instance_name=f"{settings.model_name}_{settings.instance_index}",
+        device=settings.device,
+    )
+
+
 async def _load(
     settings: WorkerSettings, compute: ThreadPoolExecutor, announcer: Announcer
 ) -> Backend | None:
@@ -72,19 +86,16 @@ async def _load(
     loop = asyncio.get_running_loop()
     try:
         config = load_config(model_dir)
-        announcer.message.model_config = config.SerializeToString()
         announcer.message.platform = config.platform or config.backend
-        await announcer.publish(mesh_pb2.LOADING)
         backend = create_backend(config.backend)
-        ctx = LoadContext(
-            model_name=settings.model_name,
-            model_version=settings.model_version,
-            model_dir=model_dir,
-            config=config,
-            config_json=config_to_json(config),
-            instance_name=f"{settings.model_name}_{settings.instance_index}",
-            device=settings.device,
-        )
+        ctx = _load_context(settings, model_dir, config)
+        if isinstance(backend, ConfigCompleter):
+            # Before the config is announced: gateways and batchers only ever see the completed one.
+            await loop.run_in_executor(compute, backend.auto_complete_config, ctx)
+            complete_config(config, settings.model_name, f"{model_dir} (auto-completed)")
+            ctx = _load_context(settings, model_dir, config)
+        announcer.message.model_config = config.SerializeToString()
+        await announcer.publish(mesh_pb2.LOADING)
         await loop.run_in_executor(compute, backend.load, ctx)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
@@ -113,7 +124,14 @@ async def run(settings: WorkerSettings) -> None:
             tg.create_task(announcer.heartbeat(stop))
             backend = await _load(settings, compute, announcer)
             if backend is not None:
-                executor = BatchExecutor(backend, nc.publish, compute, settings.limits.max_message_bytes)
+                loaded = config_from_bytes(announcer.message.model_config)  # as completed by the load
+                executor = BatchExecutor(
+                    backend,
+                    nc.publish,
+                    compute,
+                    settings.limits.max_message_bytes,
+                    decoupled=loaded.model_transaction_policy.decoupled,
+                )
                 server = BatchServer(executor, settings.limits.frame_bytes)
                 port = await server.start(settings.host, settings.port)
                 announcer.message.address = f"{settings.host}:{port}"

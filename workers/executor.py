@@ -36,16 +36,26 @@ class _Slot:
     message: mesh_pb2.InferRequest
     request: Request | None = None
     response: mesh_pb2.InferResponse | None = None
+    finished: bool = False
+    """Decoupled: the final response went out."""
 
 
 class BatchExecutor:
     def __init__(
-        self, backend: Backend, publish: Publish, compute: ThreadPoolExecutor, max_message_bytes: int
+        self,
+        backend: Backend,
+        publish: Publish,
+        compute: ThreadPoolExecutor,
+        max_message_bytes: int,
+        decoupled: bool = False,
     ) -> None:
         self._backend = backend
         self._publish = publish
         self._compute = compute
         self._max_message_bytes = max_message_bytes
+        self._decoupled = decoupled
+        self.emit_timeout_s = 30.0
+        """How long a model thread's ``send`` may wait for the event loop to publish its response."""
 
     async def run(self, batch: mesh_pb2.Batch) -> mesh_pb2.BatchDone:
         """Decode (compute_input), execute (compute_infer), encode (compute_output), then reply to each
@@ -53,6 +63,8 @@ class BatchExecutor:
         start_unix_ns = time.time_ns()
         t0 = time.perf_counter_ns()
         slots = [self._decode(batch.batch_id, item) for item in batch.items]
+        if self._decoupled:
+            return await self._run_decoupled(batch, slots, start_unix_ns, time.perf_counter_ns() - t0)
         executed = [(slot, slot.request) for slot in slots if slot.request is not None]
         t1 = t2 = time.perf_counter_ns()
         if executed:
@@ -76,6 +88,68 @@ class BatchExecutor:
             slot.response.timing.counts_execution = slot is first
             await self._reply(slot.item.reply_to, slot.response)
         return mesh_pb2.BatchDone(batch_id=batch.batch_id)
+
+    async def _run_decoupled(
+        self, batch: mesh_pb2.Batch, slots: list[_Slot], start_unix_ns: int, input_ns: int
+    ) -> mesh_pb2.BatchDone:
+        """Decoupled models answer through ``Request.emit`` (0..N responses, the last one final), while
+        ``execute`` runs or after it returns; the batch is done when ``execute`` returns."""
+        loop = asyncio.get_running_loop()
+        first_emit = [True]
+
+        def stamp(slot: _Slot, response: mesh_pb2.InferResponse) -> None:
+            response.timing.queue_ns = slot.item.queue_ns
+            response.timing.transfer_ns = _transfer_ns(slot.item, start_unix_ns)
+            response.timing.compute_input_ns = input_ns
+            response.timing.counts_execution = first_emit[0]
+            first_emit[0] = False
+
+        def emitter(slot: _Slot) -> Callable[[Result, bool], None]:
+            def emit(result: Result, final: bool) -> None:
+                if slot.finished:
+                    return
+                response = self._encode(slot.message, result)
+                response.more = not final and result.error is None
+                slot.finished = not response.more
+                stamp(slot, response)
+                future = asyncio.run_coroutine_threadsafe(self._reply(slot.item.reply_to, response), loop)
+                future.result(timeout=self.emit_timeout_s)
+
+            return emit
+
+        executed = []
+        for slot in slots:
+            if slot.request is None:
+                assert slot.response is not None
+                stamp(slot, slot.response)
+                await self._reply(slot.item.reply_to, slot.response)
+            else:
+                slot.request.emit = emitter(slot)
+                executed.append(slot)
+        if executed:
+            results = await self._execute_decoupled([slot.request for slot in executed if slot.request])
+            for slot, result in zip(executed, results, strict=False):
+                if result.error is not None and not slot.finished:
+                    slot.finished = True
+                    response = self._encode(slot.message, result)
+                    stamp(slot, response)
+                    await self._reply(slot.item.reply_to, response)
+        return mesh_pb2.BatchDone(batch_id=batch.batch_id)
+
+    async def _execute_decoupled(self, requests: list[Request]) -> list[Result]:
+        """Like :meth:`_execute`, but an empty result list is the normal answer."""
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._compute, self._backend.execute, requests)
+        except MeshError as exc:
+            return [Result(error=exc) for _ in requests]
+        except Exception as exc:
+            log.exception("backend execute failed")
+            return [
+                Result(error=Internal(f"model execution failed: {type(exc).__name__}: {exc}"))
+                for _ in requests
+            ]
+        return results
 
     @staticmethod
     def _decode(batch_id: int, item: mesh_pb2.BatchItem) -> _Slot:

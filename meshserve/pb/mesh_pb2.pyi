@@ -106,7 +106,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ns: _Optional[int] = ..., compute_input_ns: _Optional[int] = ..., compute_infer_ns: _Optional[int] = ..., compute_output_ns: _Optional[int] = ..., batch_rows: _Optional[int] = ..., counts_execution: bool = ..., transfer_ns: _Optional[int] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("request_id", "model_name", "model_version", "outputs", "error", "parameters", "timing")
+    __slots__ = ("request_id", "model_name", "model_version", "outputs", "error", "parameters", "timing", "more")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class InferResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_name: str
     model_version: int
@@ -128,7 +129,8 @@ class InferResponse(_message.Message):
     error: Error
     parameters: _containers.MessageMap[str, Param]
     timing: Timing
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., parameters: _Optional[_Mapping[str, Param]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    more: bool
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., parameters: _Optional[_Mapping[str, Param]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., more: bool = ...) -> None: ...
 
 class BatchItem(_message.Message):
     __slots__ = ("request", "reply_to", "queue_ns", "dispatch_unix_ns")

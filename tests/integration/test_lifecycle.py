@@ -124,7 +124,9 @@ def test_several_gateways_share_the_client_ports(tmp_path: Path) -> None:
         for url in mesh.metrics_urls:
             text = urllib.request.urlopen(url, timeout=10).read().decode()
             line = next(
-                row for row in text.splitlines() if row.startswith('nv_inference_request_success{model="simple"')
+                row
+                for row in text.splitlines()
+                if row.startswith('nv_inference_request_success{model="simple"')
             )
             served.append(float(line.rsplit(" ", 1)[1]))
         assert sum(served) == 24

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshserve.errors import Internal, InvalidArgument, ModelNotFound, Unavailable, Unsupported
+from meshserve.errors import Internal, InvalidArgument, ModelNotFound, Unavailable
 from meshserve.model_config import complete_config, config_to_json, parse_config
 from workers.backends import pb_utils
 from workers.backends.base import LoadContext, Request
@@ -506,7 +506,7 @@ def test_undeclared_output_is_an_error_for_that_request(tmp_path: Path) -> None:
     )
 
 
-def test_decoupled_sender_is_refused_clearly(tmp_path: Path) -> None:
+def test_response_sender_needs_a_decoupled_model(tmp_path: Path) -> None:
     source = """
     class TritonPythonModel:
         def execute(self, requests):
@@ -515,16 +515,67 @@ def test_decoupled_sender_is_refused_clearly(tmp_path: Path) -> None:
     backend = load(tmp_path, source, ONE_IN_ONE_OUT_CONFIG.replace("{dtype}", "TYPE_INT32"))
     [result] = backend.execute([Request(request_id="r", inputs={"IN": np.array([1], np.int32)})])
     assert isinstance(result.error, Internal)
-    assert "TritonModelException: decoupled models are not supported yet" in result.error.message
+    assert "get_response_sender() needs a decoupled model" in result.error.message
 
 
-def test_decoupled_config_is_refused_at_load(tmp_path: Path) -> None:
-    config = (
-        ONE_IN_ONE_OUT_CONFIG.replace("{dtype}", "TYPE_INT32")
-        + "model_transaction_policy {{ decoupled: true }}"
+DECOUPLED_CONFIG = (
+    ONE_IN_ONE_OUT_CONFIG.replace("{dtype}", "TYPE_INT32") + "model_transaction_policy {{ decoupled: true }}"
+)
+
+
+def test_decoupled_model_streams_through_emit(tmp_path: Path) -> None:
+    source = """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            for request in requests:
+                value = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+                sender = request.get_response_sender()
+                for k in range(3):
+                    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", value + k)]))
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
+    """
+    backend = load(tmp_path, source, DECOUPLED_CONFIG)
+    got: list[tuple[str, list[int], bool]] = []
+    requests = [
+        Request(
+            request_id=rid,
+            inputs={"IN": np.array([base], np.int32)},
+            emit=lambda result, final, rid=rid: got.append(
+                (rid, [int(v) for v in result.outputs["OUT"]] if result.outputs else [], final)
+            ),
+        )
+        for rid, base in (("a", 10), ("b", 20))
+    ]
+    assert backend.execute(requests) == []
+    assert got == [
+        ("a", [10], False), ("a", [11], False), ("a", [12], False), ("a", [], True),
+        ("b", [20], False), ("b", [21], False), ("b", [22], False), ("b", [], True),
+    ]  # fmt: skip
+
+
+def test_decoupled_sender_refuses_sends_after_the_final_one(tmp_path: Path) -> None:
+    source = """
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            sender = requests[0].get_response_sender()
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    """
+    backend = load(tmp_path, source, DECOUPLED_CONFIG)
+    finals: list[bool] = []
+    request = Request(
+        request_id="r", inputs={"IN": np.array([1], np.int32)}, emit=lambda r, f: finals.append(f)
     )
-    with pytest.raises(Unsupported, match=r"decoupled models .* are not supported yet"):
-        load(tmp_path, "class TritonPythonModel:\n    def execute(self, r): return None\n", config)
+    [result] = backend.execute([request])
+    assert finals == [True]
+    assert isinstance(result.error, Internal)
+    assert "final response was already sent" in result.error.message
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Model backends.  Each is imported only when a model asks for it (torch is heavy)."""
+"""Model backends.  Each is imported only when a model asks for it (torch and onnxruntime are heavy)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from workers.backends.base import Backend
 __all__ = ["create_backend"]
 
 _MODULES = {
+    "onnxruntime": "workers.backends.onnxruntime_backend",
     "python": "workers.backends.python_backend",
     "pytorch": "workers.backends.pytorch_backend",
 }

@@ -7,16 +7,17 @@ compute thread, never on the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from meshserve.errors import MeshError
 from meshserve.pb import model_config_pb2 as mc
 
-__all__ = ["Backend", "LoadContext", "ParamValue", "Request", "Result"]
+__all__ = ["Backend", "ConfigCompleter", "LoadContext", "ParamValue", "Request", "Result"]
 
 ParamValue = bool | int | float | str
 
@@ -54,6 +55,9 @@ class Request:
     parameters: dict[str, ParamValue] = field(default_factory=dict)
     batch_size: int = 0
     """Rows this request holds on the batch dimension (0 when the model does not batch)."""
+    emit: Callable[[Result, bool], None] | None = None
+    """Decoupled models only: deliver one response now, from any thread; ``True`` marks it final.
+    A decoupled backend's ``execute`` returns an empty list and answers through ``emit``."""
 
 
 @dataclass(slots=True)
@@ -74,3 +78,15 @@ class Backend(Protocol):
 
     def unload(self) -> None:
         """Release the model (python: ``finalize``)."""
+
+
+@runtime_checkable
+class ConfigCompleter(Protocol):
+    """A backend that can fill a config from its model file (Triton's auto-complete, MR8).
+
+    The worker calls ``auto_complete_config`` on its compute thread before it announces the model
+    and before ``load``; it completes ``ctx.config`` in place (inputs, outputs, ``max_batch_size``,
+    a default ``dynamic_batching``) and leaves a config that already lists inputs and outputs alone.
+    """
+
+    def auto_complete_config(self, ctx: LoadContext) -> None: ...

@@ -5,7 +5,7 @@ imports a model, so ``import triton_python_backend_utils as pb_utils`` in an unc
 gets these classes.  Everything is written from the documented surface of Triton's python backend;
 tensors live in host memory as numpy arrays (there is no shared-memory stub process here).
 
-Parts of Triton's API that meshserve does not implement yet (decoupled response senders, BLS,
+Parts of Triton's API that meshserve does not implement yet (BLS,
 request rescheduling, the model-loading API) exist and raise :class:`TritonModelException` with a
 message that says so, so a model fails with a clear error instead of an ``AttributeError``.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -32,6 +32,7 @@ __all__ = [
     "TRITON_STRING_TO_NUMPY",
     "InferenceRequest",
     "InferenceResponse",
+    "InferenceResponseSender",
     "LogLevel",
     "Logger",
     "PreferredMemory",
@@ -389,9 +390,40 @@ class PreferredMemory:
 
 
 _DECOUPLED_MSG = (
-    "decoupled models are not supported yet by meshserve (get_response_sender needs "
-    "model_transaction_policy { decoupled: true }, which cannot be served)"
+    "get_response_sender() needs a decoupled model: set model_transaction_policy { decoupled: true } "
+    "in config.pbtxt"
 )
+
+
+class InferenceResponseSender:
+    """Sends a decoupled request's responses as they are ready (any number, from any thread); the last
+    ``send`` carries ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (its response may be None)."""
+
+    __slots__ = ("_closed", "_deliver")
+
+    def __init__(self, deliver: Callable[[InferenceResponse | None, bool], None]) -> None:
+        self._deliver = deliver
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if self._closed:
+            raise TritonModelException("this request's final response was already sent")
+        if response is None and not final:
+            raise TritonModelException(
+                "send() needs a response, or flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL"
+            )
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(
+                f"send() takes a pb_utils.InferenceResponse, got {type(response).__name__}"
+            )
+        self._closed = final
+        self._deliver(response, final)
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
 _BLS_MSG = "business logic scripting (InferenceRequest.exec / async_exec) is not supported yet by meshserve"
 
 
@@ -414,6 +446,7 @@ class InferenceRequest:
         "_parameters",
         "_request_id",
         "_requested_output_names",
+        "_sender",
         "_timeout",
     )
 
@@ -439,6 +472,7 @@ class InferenceRequest:
         self._correlation_id = correlation_id
         self._flags = flags
         self._timeout = timeout
+        self._sender: InferenceResponseSender | None = None
         if isinstance(parameters, str):
             self._parameters: dict[str, Any] = json.loads(parameters) if parameters else {}
         else:
@@ -476,8 +510,10 @@ class InferenceRequest:
     def is_cancelled(self) -> bool:
         return False
 
-    def get_response_sender(self) -> Any:
-        raise TritonModelException(_DECOUPLED_MSG)
+    def get_response_sender(self) -> InferenceResponseSender:
+        if self._sender is None:
+            raise TritonModelException(_DECOUPLED_MSG)
+        return self._sender
 
     def set_release_flags(self, flags: int) -> None:
         if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:

@@ -33,13 +33,14 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from meshserve.errors import Internal, Unavailable, Unsupported, from_wire
+from meshserve.errors import Internal, Unavailable, from_wire
 from workers.backends import pb_utils
 from workers.backends.base import LoadContext, ParamValue, Request, Result
 
@@ -73,6 +74,7 @@ class PythonBackend:
         self._model_file: Path | None = None
         self._all_outputs: list[str] = []
         self._declared_outputs: frozenset[str] = frozenset()
+        self._decoupled = False
 
     # -- load / unload ------------------------------------------------------------------------------
 
@@ -87,11 +89,7 @@ class PythonBackend:
         self._model_file = path
         where = f"python model '{ctx.model_name}' version {ctx.model_version} ({path})"
 
-        if ctx.config.model_transaction_policy.decoupled:
-            raise Unsupported(
-                f"{where}: decoupled models (model_transaction_policy {{ decoupled: true }}) "
-                "are not supported yet"
-            )
+        self._decoupled = ctx.config.model_transaction_policy.decoupled
         if not path.is_file():
             raise Internal(f"{where}: model file not found")
 
@@ -190,6 +188,8 @@ class PythonBackend:
         if not requests:
             return []
         pb_requests = [self._to_pb_request(request) for request in requests]
+        if self._decoupled:
+            return self._execute_decoupled(requests, pb_requests)
         try:
             responses = self._resolve(self._model.execute(pb_requests))
         except pb_utils.TritonError as exc:
@@ -209,6 +209,42 @@ class PythonBackend:
             self._to_result(index, response, request)
             for index, (response, request) in enumerate(zip(responses, requests, strict=True))
         ]
+
+    def _execute_decoupled(
+        self, requests: list[Request], pb_requests: list[pb_utils.InferenceRequest]
+    ) -> list[Result]:
+        """Responses leave through each request's sender (``Request.emit``), during ``execute`` or after
+        it returns; ``execute`` itself returns None.  Returns [] — or one error per request when
+        ``execute`` raised (the executor ends the streams that are still open with it)."""
+        for index, (request, pb_request) in enumerate(zip(requests, pb_requests, strict=True)):
+            pb_request._sender = pb_utils.InferenceResponseSender(self._deliver_to(index, request))
+        try:
+            returned = self._resolve(self._model.execute(pb_requests))
+        except (Exception, SystemExit) as exc:
+            _LOG.error("python model '%s': execute() raised", self._model_name, exc_info=exc)
+            message = f"python model '{self._model_name}': execute() raised {_describe(exc)}"
+            return [Result(error=Internal(message)) for _ in requests]
+        if returned is not None:
+            _LOG.warning(
+                "python model '%s' is decoupled: execute() should return None (its return value is ignored)",
+                self._model_name,
+            )
+        return []
+
+    def _deliver_to(
+        self, index: int, request: Request
+    ) -> Callable[[pb_utils.InferenceResponse | None, bool], None]:
+        emit = request.emit
+        if emit is None:
+            raise Internal(
+                f"python model '{self._model_name}' is decoupled but the request has no response path"
+            )
+
+        def deliver(response: pb_utils.InferenceResponse | None, final: bool) -> None:
+            result = Result() if response is None else self._to_result(index, response, request)
+            emit(result, final)
+
+        return deliver
 
     def _to_pb_request(self, request: Request) -> pb_utils.InferenceRequest:
         params = request.parameters
