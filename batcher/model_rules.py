@@ -22,6 +22,8 @@ class ModelRules:
     """One per priority level, level 1 first."""
     default_level: int
     ragged_inputs: frozenset[str]
+    decoupled: bool = False
+    """0..N responses per request: a lost batch is not retried (its streams may have begun)."""
 
 
 def _policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
@@ -53,6 +55,7 @@ def rules_from_config(config: mc.ModelConfig) -> ModelRules:
         policies=policies,
         default_level=(db.default_priority_level or 1) if dynamic and db.priority_levels else 1,
         ragged_inputs=frozenset(t.name for t in config.input if t.allow_ragged_batch),
+        decoupled=config.model_transaction_policy.decoupled,
     )
 
 

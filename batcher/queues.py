@@ -99,6 +99,10 @@ class PriorityQueues(Generic[Item]):
             yield from level.in_time
             yield from level.delayed
 
+    def push_front(self, items: list[Item], level: int) -> None:
+        """Put ``items`` back at the head of ``level``, in their order (a retry goes first)."""
+        self._levels[level - 1].in_time.extendleft(reversed(items))
+
     def pop_front(self, count: int) -> list[Item]:
         taken: list[Item] = []
         for level in self._levels:

@@ -45,6 +45,8 @@ class Queued:
     """The request's ``timeout`` parameter (0 = none); used when the queue policy allows overriding."""
     queue_deadline_s: float | None = None
     """Set on admission from the level's queue policy."""
+    retried: bool = False
+    """Already sent again once after its instance was lost."""
 
 
 class ModelScheduler:
@@ -161,11 +163,27 @@ class ModelScheduler:
             )
 
     async def fail_lost(self, flights: list[InFlight], reason: str) -> None:
-        """A worker went away with batches in flight: answer each of their requests."""
+        """A worker went away with batches in flight.  Inference is idempotent, so each request is
+        retried once at the head of its queue when another instance is live; otherwise (or on its
+        second loss, or for a decoupled model whose stream may have begun) it is answered with the
+        reason."""
+        can_retry = not self.rules.decoupled and any(link.accepting for link in self._links.values())
+        retry: dict[int, list[Queued]] = {}
         for flight in flights:
             for item in flight.items:
                 assert isinstance(item, Queued)
-                await self._reply_error(item, WorkerLost(reason))
+                if can_retry and not item.retried:
+                    item.retried = True
+                    retry.setdefault(self._queues.level_of(item.priority), []).append(item)
+                else:
+                    await self._reply_error(item, WorkerLost(reason))
+        for level, items in retry.items():
+            log.warning(
+                "retrying %d requests of %s v%d on another instance", len(items), self.model, self.version
+            )
+            self._queues.push_front(items, level)
+        if retry:
+            self._wake.set()
 
     async def drain(self, error: MeshError) -> None:
         for item in self._queues.drain():

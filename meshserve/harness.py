@@ -35,6 +35,7 @@ class Mesh:
     log_path: Path
     metrics_url: str = ""
     metrics_urls: tuple[str, ...] = ()
+    nats_url: str = ""
     """One per gateway process (``--gateways N``)."""
     """``http://127.0.0.1:<metrics port>/metrics`` (Prometheus text)."""
 
@@ -136,6 +137,7 @@ def start_mesh(repository: Path, log_path: Path, *extra_args: str, timeout_s: fl
         log_path=log_path,
         metrics_url=f"http://127.0.0.1:{ready['metrics_port']}/metrics",
         metrics_urls=tuple(f"http://127.0.0.1:{port}/metrics" for port in ready["metrics_ports"]),
+        nats_url=ready["nats"],
     )
 
 

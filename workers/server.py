@@ -23,6 +23,7 @@ class BatchServer:
         self._max_frame_bytes = max_frame_bytes
         self._server: asyncio.Server | None = None
         self._busy = 0
+        self._writers: set[asyncio.StreamWriter] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -35,6 +36,7 @@ class BatchServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         log.info("batcher connected from %s", peer)
+        self._writers.add(writer)
         try:
             while (frame := await read_frame(reader, self._max_frame_bytes)) is not None:
                 batch = mesh_pb2.Batch.FromString(frame)
@@ -53,6 +55,7 @@ class BatchServer:
         except Exception:
             log.exception("batch stream from %s failed", peer)
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def stop(self, grace_s: float) -> None:
@@ -65,4 +68,5 @@ class BatchServer:
                 await self._idle.wait()
         except TimeoutError:
             log.warning("a batch was still running after %.1f s; stopping anyway", grace_s)
-        self._server.close_clients()  # type: ignore[attr-defined]
+        for writer in list(self._writers):  # Server.close_clients() only exists from Python 3.13
+            writer.close()

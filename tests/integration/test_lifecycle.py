@@ -133,3 +133,46 @@ def test_several_gateways_share_the_client_ports(tmp_path: Path) -> None:
         assert all(n > 0 for n in served), served
     finally:
         assert mesh.stop() == 0
+
+
+def _live_instances(mesh: Mesh, model: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(mesh.metrics_url, timeout=10).read().decode()
+    prefix = f'meshserve_live_instances{{model="{model}",version="1"}}'
+    rows = [row for row in text.splitlines() if row.startswith(prefix)]
+    return float(rows[0].rsplit(" ", 1)[1]) if rows else 0.0
+
+
+def test_a_worker_started_by_hand_joins_the_pool(small_mesh: Mesh, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    assert wait_for(lambda: _live_instances(small_mesh, "simple") == 1, timeout_s=10)
+    repository = Path(small_mesh.process.args[small_mesh.process.args.index("--model-repository") + 1])  # type: ignore[union-attr, arg-type]
+    extra = subprocess.Popen(
+        [sys.executable, "-m", "meshserve.cli", "worker", "--nats-url", small_mesh.nats_url,
+         "--model-repository", str(repository), "--model-name", "simple", "--model-version", "1",
+         "--instance-index", "1"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "extra.log").open("w"), start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: _live_instances(small_mesh, "simple") == 2, timeout_s=30), (
+            tmp_path / "extra.log"
+        ).read_text()[-2000:]
+        client = grpcclient.InferenceServerClient(small_mesh.grpc_url)
+        a = np.arange(16, dtype=np.int32).reshape(1, 16)
+        inputs = [
+            grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+            grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+        ]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(a)
+        for _ in range(10):
+            np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
+    finally:
+        extra.terminate()
+        extra.wait(30)
+    assert extra.returncode == 0
+    # it said goodbye (STOPPING), so the pool shrinks at once rather than after the heartbeat timeout
+    assert wait_for(lambda: _live_instances(small_mesh, "simple") == 1, timeout_s=4)

@@ -370,11 +370,39 @@ def test_fail_lost_answers_every_request_of_every_lost_flight() -> None:
             await h.until(lambda: len(link.sent) == 2)
             flights = list(link.inflight.values())
             link.inflight.clear()
+            link.accepting = False  # as the batcher does: a lost link leaves the pool first
+            h.scheduler.remove_link(link.instance_id)
             await h.scheduler.fail_lost(flights, "worker w1 at 127.0.0.1:1 lost: UNAVAILABLE")
         assert [item.request_id for item, _ in h.errors] == ["a", "b", "c"]
         for _, error in h.errors:
             assert isinstance(error, WorkerLost)
             assert str(error) == "worker w1 at 127.0.0.1:1 lost: UNAVAILABLE"
+
+    asyncio.run(scenario())
+
+
+def test_a_lost_batch_is_retried_once_on_another_instance() -> None:
+    async def scenario() -> None:
+        h = Harness(DYNAMIC)
+        first = h.link("w1")
+        async with h.running():
+            h.admit(queued("a"))
+            await h.until(lambda: len(first.sent) == 1)
+            second = h.link("w2")
+            flights = list(first.inflight.values())
+            first.inflight.clear()
+            first.accepting = False
+            h.scheduler.remove_link("w1")
+            await h.scheduler.fail_lost(flights, "w1 lost")
+            await h.until(lambda: len(second.sent) == 1)
+            assert [q.request_id for q in second.sent[0].items] == ["a"]  # type: ignore[attr-defined]
+            assert h.errors == []
+            # lost a second time: answered, not retried again
+            flights = list(second.inflight.values())
+            second.inflight.clear()
+            h.link("w3")
+            await h.scheduler.fail_lost(flights, "w2 lost")
+        assert [(item.request_id, str(error)) for item, error in h.errors] == [("a", "w2 lost")]
 
     asyncio.run(scenario())
 
