@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,7 @@ class InferenceCore:
 
     async def stream_infer(
         self, model: str, version: str, call: InferCall
-    ) -> AsyncIterator[tuple[ModelView, mesh_pb2.InferResponse]]:
+    ) -> AsyncGenerator[tuple[ModelView, mesh_pb2.InferResponse], None]:
         """A decoupled model's responses to one request, as they come; the last one is final
         (``more`` false).  An error ends the stream (raised after the responses before it)."""
         view = self.models.ready_view(model, version)

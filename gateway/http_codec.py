@@ -20,7 +20,7 @@ from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput
 from meshserve.pb import mesh_pb2
 
-__all__ = ["HEADER_LENGTH", "HttpInfer", "decode_infer", "encode_infer"]
+__all__ = ["HEADER_LENGTH", "HttpInfer", "decode_infer", "encode_infer", "tensor_json_values"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -223,7 +223,7 @@ def encode_infer(
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             chunks.append(tensor.data)
         else:
-            entry["data"] = _bytes_to_json_data(tensor)
+            entry["data"] = tensor_json_values(tensor)
         header["outputs"].append(entry)
     head = json.dumps(header, separators=(",", ":")).encode()
     if not chunks:
@@ -231,7 +231,8 @@ def encode_infer(
     return b"".join([head, *chunks]), len(head)
 
 
-def _bytes_to_json_data(tensor: mesh_pb2.Tensor) -> list[Any]:
+def tensor_json_values(tensor: mesh_pb2.Tensor) -> list[Any]:
+    """A response tensor's elements, flat and row-major, as JSON values (BYTES as UTF-8 text)."""
     array = tensors.to_numpy(tensor.name, tensor.datatype, tensor.shape, tensor.data).reshape(-1)
     if tensor.datatype == "BYTES":
         return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array]

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
 
 from gateway.core import InferenceCore
+from gateway.generate import decode_generate, generate_events, generate_one, sse_event
 from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
 from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
 from meshserve.model_config import config_to_json
@@ -56,6 +58,14 @@ def _make_error_middleware(max_body_bytes: int) -> Any:
             return _error(500, f"{type(exc).__name__}: {exc}")
 
     return errors
+
+
+def _wants_compression(request: web.Request) -> bool:
+    accepted = request.headers.get("Accept-Encoding", "")
+    return "gzip" in accepted or "deflate" in accepted
+
+
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
 def _status(ok: bool) -> web.Response:
@@ -120,10 +130,49 @@ def build_app(core: InferenceCore) -> web.Application:
                 content_type="application/octet-stream",
                 headers={HEADER_LENGTH: str(header_length)},
             )
-        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get(
-            "Accept-Encoding", ""
-        ):
+        if _wants_compression(request):
             response.enable_compression()
+        return response
+
+    async def generate(request: web.Request) -> web.Response:
+        """Triton's generate extension, one response (``gateway/generate.py`` does the mapping)."""
+        model = request.match_info["model"]
+        view = core.models.ready_view(model, version(request))
+        call = decode_generate(await request.read(), view)
+        response = _json(await generate_one(core, model, version(request), call))
+        if _wants_compression(request):
+            response.enable_compression()
+        return response
+
+    async def generate_stream(request: web.Request) -> web.StreamResponse:
+        """Server-sent events, one per response.  The status is fixed by the first event: an error
+        before it is a plain JSON error with its own code, one after it is an ``{"error": …}`` event."""
+        model = request.match_info["model"]
+        view = core.models.ready_view(model, version(request))
+        call = decode_generate(await request.read(), view)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        trailer = b""
+        async with aclosing(generate_events(core, model, version(request), call)) as events:
+            first = await anext(events, None)  # raises (→ the error middleware) before any byte is sent
+            try:
+                await response.prepare(request)
+                if first is not None:
+                    await response.write(sse_event(first))
+                    async for event in events:
+                        await response.write(sse_event(event))
+            except ConnectionError:  # the client went away; closing the events cancels the request
+                return response
+            except MeshError as exc:
+                trailer = sse_event({"error": exc.message})
+            except Exception as exc:
+                log.exception("unexpected error in the event stream of %s", request.path)
+                trailer = sse_event({"error": f"{type(exc).__name__}: {exc}"})
+        try:
+            if trailer:
+                await response.write(trailer)
+            await response.write_eof()
+        except ConnectionError:
+            pass
         return response
 
     async def unknown_model_route(request: web.Request) -> web.Response:
@@ -144,7 +193,7 @@ def build_app(core: InferenceCore) -> web.Application:
         app.router.add_get(prefix + "/config", model_config)
         app.router.add_get(prefix + "/stats", statistics)
         app.router.add_post(prefix + "/infer", infer)
-        app.router.add_post(prefix + "/generate", not_yet)
-        app.router.add_post(prefix + "/generate_stream", not_yet)
+        app.router.add_post(prefix + "/generate", generate)
+        app.router.add_post(prefix + "/generate_stream", generate_stream)
     app.router.add_route("*", "/v2/{tail:.*}", unknown_model_route)
     return app
