@@ -171,7 +171,7 @@ def _service(module: str) -> Callable[[Any], Coroutine[Any, Any, None]]:
 
 
 def _run_loop(coro: Coroutine[Any, Any, None], event_loop: str) -> None:
-    """uvloop by default: NATS and the batch frames cost 2-3x less CPU on it, and grpc.aio 10-25% less
+    """uvloop by default: NATS and the batch frames cost 1.2-3x less CPU on it, grpc.aio unary 20-37% less
     (docs/benchmarks.md, "Transport costs"); ``--event-loop asyncio`` is kept for comparison."""
     if event_loop == "uvloop":
         import uvloop
