@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from meshserve.harness import Mesh, build_repository, start_mesh  # noqa: E402
+from meshserve.harness import Mesh, start_mesh  # noqa: E402
 from meshserve.model_config import config_to_json, load_config  # noqa: E402
 from workers.backends.base import LoadContext, Request  # noqa: E402
 from workers.backends.python_backend import create as create_python_backend  # noqa: E402
@@ -98,10 +99,18 @@ def in_process(repository: Path, requests: int, per_call: int) -> Figures:
     return summarize("in-process `simple` (python backend)", per_call, latencies, wall)
 
 
-async def mesh_load(grpc_url: str, requests: int, in_flight: int) -> Figures:
+async def mesh_load(
+    grpc_url: str, requests: int, in_flight: int, label: str = "meshserve gRPC `simple`"
+) -> Figures:
+    """``in_flight`` requests kept outstanding over up to 4 client connections (so that several
+    gateways sharing the port each get some: the kernel spreads connections, not requests)."""
     import tritonclient.grpc.aio as grpcaio
 
-    client = grpcaio.InferenceServerClient(grpc_url)
+    # a local subchannel pool per client: otherwise gRPC shares one TCP connection between them
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    clients = [
+        grpcaio.InferenceServerClient(grpc_url, channel_args=own_connection) for _ in range(min(4, in_flight))
+    ]
     rng = np.random.default_rng(0)
     a = rng.integers(0, 100, (1, 16), dtype=np.int32)
     inputs = [grpcaio.InferInput("INPUT0", [1, 16], "INT32"), grpcaio.InferInput("INPUT1", [1, 16], "INT32")]
@@ -109,25 +118,31 @@ async def mesh_load(grpc_url: str, requests: int, in_flight: int) -> Figures:
     inputs[1].set_data_from_numpy(a)
     latencies: list[float] = []
 
-    async def one() -> None:
+    async def one(client: grpcaio.InferenceServerClient) -> None:
         t0 = time.perf_counter()
         result = await client.infer("simple", inputs)
         latencies.append(time.perf_counter() - t0)
         assert result.as_numpy("OUTPUT0")[0, 0] == 2 * a[0, 0]
 
-    async def worker(count: int) -> None:
+    async def worker(index: int, count: int) -> None:
+        client = clients[index % len(clients)]
         for _ in range(count):
-            await one()
+            await one(client)
 
     try:
-        await asyncio.gather(*(worker(50) for _ in range(in_flight)))  # warm-up
+        await asyncio.gather(*(worker(i, 50) for i in range(in_flight)))  # warm-up
         latencies.clear()
         start = time.perf_counter()
-        await asyncio.gather(*(worker(requests // in_flight) for _ in range(in_flight)))
+        await asyncio.gather(*(worker(i, requests // in_flight) for i in range(in_flight)))
         wall = time.perf_counter() - start
     finally:
-        await client.close()
-    return summarize("meshserve gRPC `simple`", in_flight, latencies, wall)
+        for client in clients:
+            await client.close()
+    return summarize(label, in_flight, latencies, wall)
+
+
+def _label(gateways: int) -> str:
+    return f"meshserve gRPC `simple`, {gateways} gateway{'s' if gateways > 1 else ''}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,10 +150,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def measure_mesh(mesh: Mesh, requests: int, in_flight: int) -> tuple[Figures, dict[str, float]]:
+def measure_mesh(mesh: Mesh, requests: int, in_flight: int, label: str) -> tuple[Figures, dict[str, float]]:
     pids = mesh.pids()
     before = {role: cpu_seconds(pid) for role, pid in pids.items()}
-    figures = asyncio.run(mesh_load(mesh.grpc_url, requests, in_flight))
+    figures = asyncio.run(mesh_load(mesh.grpc_url, requests, in_flight, label))
     after = {role: cpu_seconds(pid) for role, pid in pids.items()}
     # per request, including the warm-up requests (50 per in-flight slot)
     total = requests + 50 * in_flight
@@ -146,8 +161,9 @@ def measure_mesh(mesh: Mesh, requests: int, in_flight: int) -> tuple[Figures, di
     return figures, cpu
 
 
-def report(rows: list[Figures], cpu: dict[int, dict[str, float]], args: argparse.Namespace) -> str:
-    by_key = {(r.label.startswith("meshserve"), r.in_flight): r for r in rows}
+def report(rows: list[Figures], cpu: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    by_key = {(r.label, r.in_flight): r for r in rows}
+    direct_label = next(r.label for r in rows if not r.label.startswith("meshserve"))
     lines = [
         "| path | in flight (requests per execute, in-process) | p50 ms | p99 ms | req/s |",
         "|---|---|---|---|---|",
@@ -157,7 +173,7 @@ def report(rows: list[Figures], cpu: dict[int, dict[str, float]], args: argparse
         "|---|---|",
     ]
     for n in (1, 16):
-        mesh, direct = by_key.get((True, n)), by_key.get((False, n))
+        mesh, direct = by_key.get((_label(1), n)), by_key.get((direct_label, n))
         if mesh and direct:
             lines.append(
                 f"| p50 latency, mesh / in-process, {n} in flight | {mesh.p50_ms / direct.p50_ms:.1f}x |"
@@ -165,18 +181,25 @@ def report(rows: list[Figures], cpu: dict[int, dict[str, float]], args: argparse
             lines.append(
                 f"| throughput, mesh / in-process, {n} in flight | {mesh.throughput / direct.throughput:.3f}x |"
             )
+    for gateways in args.gateways[1:]:
+        one, more = by_key.get((_label(1), 16)), by_key.get((_label(gateways), 16))
+        if one and more:
+            lines.append(
+                f"| throughput, {gateways} gateways / 1 gateway, 16 in flight | "
+                f"{more.throughput / one.throughput:.2f}x |"
+            )
+    all_roles = sorted({role for per_role in cpu.values() for role in per_role})
     lines += [
         "",
-        "CPU time per request (ms), by mesh process:",
+        "CPU time per request (ms), by mesh process (`gateway#1` is the second gateway):",
         "",
-        "| in flight | " + " | ".join(sorted(next(iter(cpu.values())))) + " | total |",
-        "|---|" + "---|" * (len(next(iter(cpu.values()))) + 1),
+        "| mesh, in flight | " + " | ".join(all_roles) + " | total |",
+        "|---|" + "---|" * (len(all_roles) + 1),
     ]
-    for n, per_role in cpu.items():
-        roles = sorted(per_role)
+    for key, per_role in cpu.items():
         lines.append(
-            f"| {n} | "
-            + " | ".join(f"{per_role[r]:.3f}" for r in roles)
+            f"| {key} | "
+            + " | ".join(f"{per_role.get(r, 0.0):.3f}" for r in all_roles)
             + f" | {sum(per_role.values()):.3f} |"
         )
     lines += [
@@ -197,32 +220,43 @@ def main() -> None:
     parser.add_argument(
         "--write", type=Path, default=None, help="append the report under a heading to this file"
     )
+    parser.add_argument(
+        "--gateways", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2],
+        help="gateway counts to compare (meshserve up --gateways N), default 1,2",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        repository = build_repository(Path(tmp) / "models")
+        repository = Path(tmp) / "models"  # only `simple`: no idle workers in the figures
+        repository.mkdir()
+        shutil.copytree(ROOT / "examples" / "model_repository" / "simple", repository / "simple")
         rows: list[Figures] = []
         for per_call in (1, 16):
             rows.append(
                 median_figures([in_process(repository, args.requests, per_call) for _ in range(args.repeats)])
             )
-        mesh = start_mesh(repository, Path(tmp) / "mesh.log")
-        cpu: dict[int, dict[str, float]] = {}
-        try:
-            for in_flight in (1, 16):
-                runs = [measure_mesh(mesh, args.requests, in_flight) for _ in range(args.repeats)]
-                rows.append(median_figures([f for f, _ in runs]))
-                roles = runs[0][1].keys()
-                cpu[in_flight] = {role: statistics.median(c[role] for _, c in runs) for role in roles}
-        finally:
-            mesh.stop()
+        cpu: dict[str, dict[str, float]] = {}
+        for gateways in args.gateways:
+            mesh = start_mesh(repository, Path(tmp) / f"mesh-{gateways}.log", "--gateways", str(gateways))
+            try:
+                for in_flight in (1, 16) if gateways == 1 else (16,):
+                    label = _label(gateways)
+                    runs = [measure_mesh(mesh, args.requests, in_flight, label) for _ in range(args.repeats)]
+                    rows.append(median_figures([f for f, _ in runs]))
+                    roles = runs[0][1].keys()
+                    cpu[f"{gateways} gw, {in_flight}"] = {
+                        role: statistics.median(c[role] for _, c in runs) for role in roles
+                    }
+            finally:
+                mesh.stop()
     text = report(rows, cpu, args)
+    command = (
+        f"python bench/overhead.py --requests {args.requests} --repeats {args.repeats} --gateways "
+        + ",".join(str(g) for g in args.gateways)
+    )
     print(text)
     if args.write is not None:
         with args.write.open("a") as out:
-            out.write(
-                f"\n### `python bench/overhead.py --requests {args.requests} --repeats {args.repeats}`"
-                f" — {time.strftime('%Y-%m-%d')}\n\n{text}\n"
-            )
+            out.write(f"\n### `{command}` — {time.strftime('%Y-%m-%d')}\n\n{text}\n")
 
 
 if __name__ == "__main__":
