@@ -6,9 +6,12 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from batcher.link import InFlight, InstanceLink
 from batcher.model_rules import rules_from_announcement, signature_of
@@ -36,10 +39,14 @@ class Batcher:
         self._tg = tg
         self._schedulers: dict[ModelKey, ModelScheduler] = {}
         self._last_seen: dict[str, tuple[ModelKey, float]] = {}
+        self._intake: Subscription | None = None
+        self._stopping = False
+        self._drained = asyncio.Event()
+        """Set, while stopping, when the last batch in flight is done."""
 
     async def start(self) -> None:
         await self._nc.subscribe(subjects.worker_announce(), cb=self._on_announce)
-        await self._nc.subscribe(
+        self._intake = await self._nc.subscribe(
             subjects.infer_all(), queue=subjects.BATCHER_QUEUE_GROUP, cb=self._on_request
         )
         await self._nc.publish(subjects.worker_query(), b"")
@@ -111,6 +118,7 @@ class Batcher:
                 rules_from_announcement(ann),
                 self._settings.max_queue_size,
                 self.reply_error,
+                max_batch_bytes=self._settings.limits.frame_bytes - 1024 * 1024,
             )
             self._schedulers[key] = scheduler
             self._tg.create_task(scheduler.run())
@@ -129,28 +137,50 @@ class Batcher:
 
     def _on_done(self, scheduler: ModelScheduler, link: InstanceLink, flight: InFlight | None) -> None:
         scheduler.notify()
-        if not link.accepting and not link.inflight:  # a leaving worker finished its last batch
-            self._tg.create_task(link.close())
+        if self._stopping:
+            if not any(lk.inflight for s in self._schedulers.values() for lk in s.links.values()):
+                self._drained.set()
+        elif not link.accepting and not link.inflight:  # a leaving worker finished its last batch
+            self._spawn(link.close())
 
     def _on_lost(
         self, scheduler: ModelScheduler, link: InstanceLink, flights: list[InFlight], reason: str
     ) -> None:
-        log.warning("instance %s lost with %d batches in flight: %s", link.instance_id, len(flights), reason)
-        scheduler.remove_link(link.instance_id)
-        self._tg.create_task(scheduler.fail_lost(flights, reason))
+        """A link ended.  It leaves the pool (a later heartbeat of a live worker opens a fresh one),
+        and the batches it held are retried or answered."""
+        if scheduler.links.get(link.instance_id) is link:
+            scheduler.remove_link(link.instance_id)
+        if flights:
+            log.warning(
+                "instance %s lost with %d batches in flight: %s", link.instance_id, len(flights), reason
+            )
+            self._spawn(scheduler.fail_lost(flights, reason))
+        else:
+            log.info("link to instance %s ended: %s", link.instance_id, reason)
 
-    async def _remove_instance(self, key: ModelKey, instance_id: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A task in the service's group, unless the group is already shutting down."""
+        try:
+            self._tg.create_task(coro)
+        except RuntimeError:  # the TaskGroup is finishing
+            coro.close()
+
+    async def _remove_instance(self, key: ModelKey, instance_id: str, silent: bool = False) -> None:
         self._last_seen.pop(instance_id, None)
         scheduler = self._schedulers.get(key)
         if scheduler is None:
             return
         link = scheduler.remove_link(instance_id)
-        if link is not None:
-            link.accepting = False
-            log.info("instance %s of %s v%d left", instance_id, *key)
-            # let its batch in flight finish; the reader closes the link when the stream ends
-            if not link.inflight:
-                await link.close()
+        if link is None:
+            return
+        link.accepting = False
+        if silent:  # hung, stopped or cut off: its batch in flight will not finish
+            link.abandon(f"worker {instance_id} at {link.address} went silent")
+            return
+        log.info("instance %s of %s v%d left", instance_id, *key)
+        # it said goodbye: let its batch in flight finish; the reader closes the link when the stream ends
+        if not link.inflight:
+            await link.close()
 
     async def _reap_stale(self) -> None:
         while True:
@@ -159,13 +189,26 @@ class Batcher:
             for instance_id, (key, seen) in list(self._last_seen.items()):
                 if seen < cutoff:
                     log.warning("instance %s went silent; dropping it", instance_id)
-                    await self._remove_instance(key, instance_id)
+                    await self._remove_instance(key, instance_id, silent=True)
 
-    async def drain(self) -> None:
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking requests, answer the queued ones, let batches in flight finish (bounded: their
+        workers answer them), then close the links without reporting them lost."""
+        self._stopping = True
+        if self._intake is not None:
+            await self._intake.unsubscribe()
         for scheduler in self._schedulers.values():
             await scheduler.drain(Unavailable("batcher is shutting down"))
-            for link in list(scheduler.links.values()):
-                await link.close()
+        links = [link for scheduler in self._schedulers.values() for link in scheduler.links.values()]
+        if any(link.inflight for link in links):
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._drained.wait()
+            except TimeoutError:
+                log.warning("batches still in flight after %.1f s; closing anyway", timeout_s)
+        for link in links:
+            link.retire()
+            await link.close()
 
 
 def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
@@ -183,7 +226,7 @@ async def run(settings: BatcherSettings) -> None:
             await batcher.start()
             announce_ready("batcher", nats=settings.nats_url)
             await stop.wait()
-            await batcher.drain()
+            await batcher.drain(settings.limits.request_timeout_s / 4)
             raise _Stop
     except* _Stop:
         pass

@@ -51,6 +51,8 @@ class InstanceLink:
         self._on_lost = on_lost
         self._writer: asyncio.StreamWriter | None = None
         self._closed = False
+        self._reported = False
+        self._quiet = False
 
     @property
     def free(self) -> bool:
@@ -67,7 +69,7 @@ class InstanceLink:
         try:
             write_frame(self._writer, flight.batch.SerializeToString())
             await self._writer.drain()
-        except (ConnectionError, OSError) as exc:  # the reader sees the same break and ends
+        except Exception as exc:  # reset transport (uvloop raises RuntimeError), encode failure, ...
             log.warning("instance %s: cannot send batch %d: %s", self.instance_id, flight.batch.batch_id, exc)
             self._lose(f"stream to worker {self.instance_id} at {self.address} broke: {exc}")
 
@@ -84,21 +86,36 @@ class InstanceLink:
                 flight = self.inflight.pop(done.batch_id, None)
                 if flight is not None:
                     self._on_done(self, flight)
-        except (ConnectionError, OSError, TimeoutError, ValueError) as exc:
-            reason = f"worker {self.instance_id} at {self.address} lost: {type(exc).__name__}: {exc}"
         except asyncio.CancelledError:
             reason = "batcher shutting down"
             raise
+        except Exception as exc:  # a dead, hung or wrong endpoint must never take the batcher down
+            reason = f"worker {self.instance_id} at {self.address} lost: {type(exc).__name__}: {exc}"
+            log.warning("%s", reason)
         finally:
             self._lose(reason)
             await self.close()
 
     def _lose(self, reason: str) -> None:
+        """The link is over: report it once (with the batches it still held) unless it was retired."""
         self.accepting = False
-        if self.inflight:
-            lost = list(self.inflight.values())
-            self.inflight.clear()
-            self._on_lost(self, lost, reason)
+        lost = list(self.inflight.values())
+        self.inflight.clear()
+        if self._reported or self._quiet:
+            return
+        self._reported = True
+        self._on_lost(self, lost, reason)
+
+    def abandon(self, reason: str) -> None:
+        """The worker went silent: fail (or retry) its batches now and drop the connection."""
+        self._lose(reason)
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+    def retire(self) -> None:
+        """Shutting down on purpose: the worker answers its requests itself, report nothing."""
+        self._quiet = True
+        self.accepting = False
 
     async def close(self) -> None:
         if self._closed:

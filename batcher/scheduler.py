@@ -51,11 +51,18 @@ class Queued:
 
 class ModelScheduler:
     def __init__(
-        self, model: str, version: int, rules: ModelRules, max_queue_size: int, reply_error: ReplyError
+        self,
+        model: str,
+        version: int,
+        rules: ModelRules,
+        max_queue_size: int,
+        reply_error: ReplyError,
+        max_batch_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.model, self.version = model, version
         self.rules = rules
         self._max_queue_size = max_queue_size
+        self._max_batch_bytes = max_batch_bytes
         self._reply_error = reply_error
         self._queues: PriorityQueues[Queued] = PriorityQueues(list(rules.policies), rules.default_level)
         self._links: dict[str, InstanceLink] = {}
@@ -116,7 +123,11 @@ class ModelScheduler:
             except TimeoutError:
                 pass
             self._wake.clear()
-            wake_at = await self._dispatch_ready()
+            try:
+                wake_at = await self._dispatch_ready()
+            except Exception:  # never let one bad batch stop the model's scheduling for good
+                log.exception("scheduling %s v%d failed; retrying shortly", self.model, self.version)
+                wake_at = time.monotonic() + 0.1
 
     async def _dispatch_ready(self) -> float | None:
         """Send every batch that is ready now; return when to look again (None = on the next event)."""
@@ -135,7 +146,16 @@ class ModelScheduler:
             if decision.take == 0:
                 due = [t for t in (decision.wake_at_s, self._queues.next_due()) if t is not None]
                 return min(due) if due else None
-            await self._send(link, self._queues.pop_front(decision.take), now)
+            await self._send(link, self._queues.pop_front(self._fit_bytes(decision.take)), now)
+
+    def _fit_bytes(self, take: int) -> int:
+        """At most ``take`` requests from the front whose bytes fit one batch frame (at least one)."""
+        total = 0
+        for count, item in enumerate(itertools.islice(self._queues.ordered(), take)):
+            total += len(item.raw)
+            if count and total > self._max_batch_bytes:
+                return count
+        return take
 
     async def _send(self, link: InstanceLink, items: list[Queued], now: float) -> None:
         dispatch_unix_ns = time.time_ns()

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from meshserve import subjects
-from meshserve.errors import DeadlineExceeded, Internal, MeshError, QueueFull, Unavailable
+from meshserve.errors import DeadlineExceeded, Internal, MeshError, PayloadTooLarge, QueueFull, Unavailable
 from meshserve.pb import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ class Dispatcher:
 
     async def infer(self, request: mesh_pb2.InferRequest, timeout_s: float) -> mesh_pb2.InferResponse:
         subject = subjects.infer(request.model_name, request.model_version)
+        data = fit_payload(self._nc, request)
         try:
-            msg = await self._nc.request(subject, request.SerializeToString(), timeout=timeout_s)
+            msg = await self._nc.request(subject, data, timeout=timeout_s)
         except nats.errors.TimeoutError:
             raise DeadlineExceeded(
                 "Request timeout expired: no response from model "
@@ -62,6 +63,19 @@ class Dispatcher:
         except Exception as exc:
             raise Internal("undecodable response from the mesh") from exc
         return response
+
+
+def fit_payload(nc: Client, request: mesh_pb2.InferRequest) -> bytes:
+    """The request's bytes, refused with RESOURCE_EXHAUSTED when NATS would not carry them (the
+    tensor-bytes check happens earlier; names, shapes and parameters add a little)."""
+    data = request.SerializeToString()
+    limit = nc.max_payload
+    if limit and len(data) > limit:
+        raise PayloadTooLarge(
+            f"request of {len(data)} bytes exceeds the NATS server's max_payload of {limit} bytes "
+            "(raise --max-message-bytes / MESHSERVE_MAX_MESSAGE_BYTES)"
+        )
+    return data
 
 
 class StreamOverflow(QueueFull):
@@ -107,8 +121,9 @@ class StreamInbox:
         deadline = loop.time() + timeout_s
         try:
             subject = subjects.infer(request.model_name, request.model_version)
+            data = fit_payload(self._nc, request)
             try:
-                await self._nc.publish(subject, request.SerializeToString(), reply=f"{self._prefix}.{token}")
+                await self._nc.publish(subject, data, reply=f"{self._prefix}.{token}")
             except Exception as exc:
                 raise Unavailable(
                     f"cannot send the request into the mesh: {type(exc).__name__}: {exc}"

@@ -136,7 +136,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model, 0..N for a decoupled one (each tagged ``triton_final_response``; the flag-only final
         response is sent when the request set ``triton_enable_empty_final_response``), or an
         ``error_message``."""
-        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        # bounded: a client that stops reading holds up its requests' streams, which then overflow
+        # their own bounded inboxes and end with an error (no unbounded buffering in the gateway)
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue(maxsize=256)
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
@@ -156,12 +158,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     out = encode_infer(partial, served.version)
                     out.parameters["triton_final_response"].bool_param = final
                     await results.put(pb.ModelStreamInferResponse(infer_response=out))
-            except MeshError as exc:
+            except Exception as exc:  # every request on the stream gets its answer, whatever went wrong
+                error = exc if isinstance(exc, MeshError) else Internal(f"{type(exc).__name__}: {exc}")
+                if not isinstance(exc, MeshError):
+                    log.exception("stream request for %r failed", request.model_name)
                 failed = pb.ModelInferResponse(
                     model_name=request.model_name, model_version=request.model_version, id=request.id
                 )
                 await results.put(
-                    pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+                    pb.ModelStreamInferResponse(error_message=error.message, infer_response=failed)
                 )
 
         async def read_all(tg: asyncio.TaskGroup) -> None:
@@ -169,8 +174,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 tg.create_task(one(request))
 
         async def pump() -> None:
-            async with asyncio.TaskGroup() as tg:
-                await read_all(tg)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    await read_all(tg)
+            except asyncio.CancelledError:
+                raise  # the client is gone: nobody reads the end marker
+            except Exception:
+                log.exception("reading the request stream failed")
             await results.put(None)
 
         pump_task = asyncio.create_task(pump())

@@ -160,6 +160,15 @@ class ModelTable:
             view.failures[ann.instance_id] = ann.reason or "failed to load"
         else:
             view.instances.pop(ann.instance_id, None)
+        self._forget_long_gone(view)
+
+    def _forget_long_gone(self, view: ModelView) -> None:
+        """Workers restart with new ids: drop instances silent for 10x the stale time (one stays,
+        so a model whose workers all died still reads UNAVAILABLE with its reason)."""
+        cutoff = time.monotonic() - 10 * self._stale_after_s
+        gone = [iid for iid, seen in view.instances.items() if seen < cutoff]
+        for iid in gone[: max(0, len(view.instances) - 1)] if len(gone) == len(view.instances) else gone:
+            view.instances.pop(iid, None)
 
     # -- reading ----------------------------------------------------------------------------------
     def state(self, view: ModelView) -> ModelState:

@@ -177,10 +177,15 @@ def _priority(parameters: dict[str, ParamValue]) -> int:
     return priority
 
 
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+
 def _int_param(parameters: dict[str, ParamValue], key: str) -> int:
     value = parameters.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"parameter '{key}' must be an integer, got {value!r}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidArgument(f"parameter '{key}' is outside the 64-bit integer range: {value}")
     return value
 
 
@@ -188,7 +193,12 @@ def _set_param(param: mesh_pb2.Param, value: ParamValue) -> None:
     if isinstance(value, bool):
         param.bool_param = value
     elif isinstance(value, int):
-        param.int64_param = value
+        if _INT64_MIN <= value <= _INT64_MAX:
+            param.int64_param = value
+        elif 0 <= value <= _UINT64_MAX:
+            param.uint64_param = value
+        else:
+            raise InvalidArgument(f"parameter value {value} is outside the 64-bit integer range")
     elif isinstance(value, float):
         param.double_param = value
     else:

@@ -114,10 +114,17 @@ class Launcher:
     @staticmethod
     async def _read(child: Child) -> None:
         assert child.process.stdout is not None
-        while line := await child.process.stdout.readline():
-            ready = parse_ready_line(line.decode(errors="replace").rstrip("\n"))
-            if ready is not None and not child.ready.done():
-                child.ready.set_result(ready)
+        # read chunks, not readline(): a model that prints one huge line must not stop this reader
+        # (a pipe nobody drains would block the child's next print for good)
+        pending = b""
+        while chunk := await child.process.stdout.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > 1024 * 1024:
+                pending = b""  # an endless line: drop it, keep draining
+            for line in lines:
+                ready = parse_ready_line(line.decode(errors="replace"))
+                if ready is not None and not child.ready.done():
+                    child.ready.set_result(ready)
         if not child.ready.done():
             child.ready.set_exception(
                 Unavailable(f"{child.name} exited with code {await child.process.wait()}")

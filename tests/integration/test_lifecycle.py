@@ -176,3 +176,63 @@ def test_a_worker_started_by_hand_joins_the_pool(small_mesh: Mesh, tmp_path: Pat
     assert extra.returncode == 0
     # it said goodbye (STOPPING), so the pool shrinks at once rather than after the heartbeat timeout
     assert wait_for(lambda: _live_instances(small_mesh, "simple") == 1, timeout_s=4)
+
+
+def test_a_silent_worker_fails_its_batch_without_waiting_for_the_deadline(small_mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(small_mesh.grpc_url)
+    tensor = grpcclient.InferInput("IN", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+    worker = small_mesh.pids()["worker:slow"]
+    done: list[tuple[float, BaseException | None]] = []
+    client.async_infer(
+        "slow", [tensor], callback=lambda result, error: done.append((time.monotonic(), error))
+    )
+    time.sleep(0.5)
+    stopped_at = time.monotonic()
+    os.kill(worker, signal.SIGSTOP)  # hung: no crash, no goodbye, no heartbeat
+    try:
+        assert wait_for(lambda: bool(done), timeout_s=15)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    finished_at, error = done[0]
+    assert isinstance(error, InferenceServerException)
+    assert error.status() == "StatusCode.UNAVAILABLE"
+    assert "went silent" in error.message()
+    assert finished_at - stopped_at < 10  # the heartbeat timeout (5 s), not the request deadline (60 s)
+
+
+def test_the_batcher_survives_an_instance_that_speaks_garbage(small_mesh: Mesh) -> None:
+    import asyncio
+
+    import nats
+
+    from meshserve import subjects
+    from meshserve.pb import mesh_pb2
+
+    async def announce_bogus() -> None:
+        nc = await nats.connect(small_mesh.nats_url)
+        config = mesh_pb2.WorkerAnnouncement()
+        real = small_mesh.metrics_url.split("//")[1].split("/")[0]  # an HTTP server, not a worker
+        for _ in range(3):
+            await nc.publish(
+                subjects.worker_announce(),
+                mesh_pb2.WorkerAnnouncement(
+                    instance_id="bogus-1", model_name="simple", model_version=1, state=mesh_pb2.READY,
+                    address=real, model_config=config.model_config, max_inflight_batches=1,
+                ).SerializeToString(),
+            )  # fmt: skip
+            await asyncio.sleep(0.2)
+        await nc.drain()
+
+    asyncio.run(announce_bogus())
+    client = grpcclient.InferenceServerClient(small_mesh.grpc_url)
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(a)
+    for _ in range(10):  # batches sent to the bogus instance are retried on the real one
+        np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
+    assert "batcher" in small_mesh.pids()

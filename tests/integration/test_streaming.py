@@ -116,3 +116,30 @@ def test_errors_in_a_stream_are_in_band_and_the_stream_goes_on(stream_client) ->
     stream_client.async_stream_infer("repeat_int32", repeat_inputs([4]))
     (ok,) = collect(stream_client, 1)
     assert int(ok.as_numpy("OUT")[0]) == 4  # type: ignore[attr-defined]
+
+
+def test_a_bad_parameter_gets_an_in_band_error_and_the_stream_goes_on(mesh: Mesh) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    def request(value: int, big: bool) -> service_pb2.ModelInferRequest:
+        r = service_pb2.ModelInferRequest(model_name="repeat_int32", id=f"r{value}")
+        for name, datatype, data in (
+            ("IN", "INT32", np.array([value], np.int32)),
+            ("DELAY", "UINT32", np.array([1], np.uint32)),
+            ("WAIT", "UINT32", np.array([1], np.uint32)),
+        ):
+            r.inputs.add(name=name, datatype=datatype, shape=[1])
+            r.raw_input_contents.append(data.tobytes())
+        if big:
+            r.parameters["big"].uint64_param = 2**63 + 5  # a valid uint64 parameter (no int64 for it)
+        return r
+
+    channel = grpc.insecure_channel(mesh.grpc_url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    responses = list(stub.ModelStreamInfer(iter([request(1, True), request(2, False)]), timeout=20))
+    channel.close()
+    assert len(responses) == 2  # one answer each; the stream did not hang
+    by_id = {r.infer_response.id: r for r in responses}
+    assert by_id["r1"].error_message == "" and by_id["r2"].error_message == ""
+    assert np.frombuffer(by_id["r2"].infer_response.raw_output_contents[0], np.int32)[0] == 2
