@@ -16,6 +16,18 @@ from tritonclient.utils import InferenceServerException
 from meshserve.harness import ROOT, Mesh, start_mesh, wait_for
 
 
+def _simple_request() -> tuple[np.ndarray, list[grpcclient.InferInput]]:
+    """A request for `simple` (INPUT0 = INPUT1 = 0..15) and the data it carries."""
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(a)
+    return a, inputs
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -63,13 +75,7 @@ def test_worker_dying_mid_request_gets_an_error_not_a_hang(small_mesh: Mesh) -> 
     assert errors[0].status() == "StatusCode.UNAVAILABLE"
     assert "lost" in errors[0].message() or "no live instance" in errors[0].message()
     # the other model keeps serving
-    a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    inputs = [
-        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
-    ]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(a)
+    a, inputs = _simple_request()
     np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
     # and the dead model answers at once with a clear error, never a hang
     start = time.monotonic()
@@ -109,15 +115,9 @@ def test_several_gateways_share_the_client_ports(tmp_path: Path) -> None:
         pids = mesh.pids()
         assert "gateway" in pids and "gateway#1" in pids
         assert len(mesh.metrics_urls) == 2
-        a = np.arange(16, dtype=np.int32).reshape(1, 16)
+        a, inputs = _simple_request()
         for _ in range(24):  # a new client = a new connection; the kernel spreads them over both
             client = grpcclient.InferenceServerClient(mesh.grpc_url)
-            inputs = [
-                grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-                grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
-            ]
-            inputs[0].set_data_from_numpy(a)
-            inputs[1].set_data_from_numpy(a)
             np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
             client.close()
         served = []
@@ -161,13 +161,7 @@ def test_a_worker_started_by_hand_joins_the_pool(small_mesh: Mesh, tmp_path: Pat
             tmp_path / "extra.log"
         ).read_text()[-2000:]
         client = grpcclient.InferenceServerClient(small_mesh.grpc_url)
-        a = np.arange(16, dtype=np.int32).reshape(1, 16)
-        inputs = [
-            grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-            grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
-        ]
-        inputs[0].set_data_from_numpy(a)
-        inputs[1].set_data_from_numpy(a)
+        a, inputs = _simple_request()
         for _ in range(10):
             np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
     finally:
@@ -226,13 +220,7 @@ def test_the_batcher_survives_an_instance_that_speaks_garbage(small_mesh: Mesh) 
 
     asyncio.run(announce_bogus())
     client = grpcclient.InferenceServerClient(small_mesh.grpc_url)
-    a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    inputs = [
-        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
-    ]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(a)
+    a, inputs = _simple_request()
     for _ in range(10):  # batches sent to the bogus instance are retried on the real one
         np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
     assert "batcher" in small_mesh.pids()
