@@ -23,6 +23,7 @@ from workers.backends import create_backend
 from workers.backends.base import Backend, ConfigCompleter, LoadContext
 from workers.executor import BatchExecutor
 from workers.server import BatchServer
+from workers.warmup import run_warmup
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,13 @@ async def _load(
         announcer.message.model_config = config.SerializeToString()
         await announcer.publish(mesh_pb2.LOADING)
         await loop.run_in_executor(compute, backend.load, ctx)
+        try:
+            runs = await loop.run_in_executor(compute, run_warmup, backend, config, model_dir)
+        except BaseException:
+            await loop.run_in_executor(compute, backend.unload)
+            raise
+        if runs:
+            log.info("model %s: %d warm-up runs done", settings.model_name, runs)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
         log.error(
