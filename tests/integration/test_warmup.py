@@ -26,3 +26,19 @@ def test_a_failing_warmup_keeps_the_model_unavailable_with_the_reason(mesh: Mesh
     assert err.value.status() == "StatusCode.UNAVAILABLE"
     assert "warm-up sample 'zeros' failed" in err.value.message()
     assert "all-zero input is not allowed" in err.value.message()
+
+
+def test_python_auto_complete_config_fills_the_config(mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    metadata = client.get_model_metadata("auto_python", as_json=True)
+    assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
+        ("X", "FP32", ["-1", "4"])
+    ]
+    config = client.get_model_config("auto_python").config
+    assert config.max_batch_size == 8
+    assert config.HasField("dynamic_batching")
+    tensor = grpcclient.InferInput("X", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((2, 4), np.float32))
+    np.testing.assert_array_equal(
+        client.infer("auto_python", [tensor]).as_numpy("Y"), np.full((2, 4), 2.0, np.float32)
+    )

@@ -929,3 +929,28 @@ def test_pb_utils_is_importable_under_triton_name(tmp_path: Path) -> None:
     import triton_python_backend_utils
 
     assert triton_python_backend_utils is pb_utils
+
+
+def test_model_config_setters_follow_triton() -> None:
+    config = pb_utils.ModelConfig(
+        {"name": "m", "max_batch_size": 0, "input": [{"name": "A", "data_type": "TYPE_FP32", "dims": [2]}]}
+    )
+    config.add_input({"name": "A", "data_type": "TYPE_FP32", "dims": [2]})  # agrees: fine
+    config.add_input({"name": "B", "data_type": "TYPE_INT32", "dims": [-1]})
+    config.add_output({"name": "C", "data_type": "TYPE_FP32", "dims": [2]})
+    config.set_max_batch_size(4)
+    config.set_dynamic_batching()
+    config.set_model_transaction_policy({"decoupled": True})
+    d = config.as_dict()
+    assert [i["name"] for i in d["input"]] == ["A", "B"] and d["output"][0]["name"] == "C"
+    assert (
+        d["max_batch_size"] == 4
+        and d["dynamic_batching"] == {}
+        and d["model_transaction_policy"] == {"decoupled": True}
+    )
+    with pytest.raises(ValueError, match="contradicts"):
+        config.add_input({"name": "A", "data_type": "TYPE_INT8", "dims": [2]})
+    with pytest.raises(ValueError, match="already sets max_batch_size 4"):
+        config.set_max_batch_size(8)
+    with pytest.raises(ValueError, match="needs dims"):
+        config.add_output({"name": "D", "data_type": "TYPE_FP32"})

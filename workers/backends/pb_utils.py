@@ -35,6 +35,7 @@ __all__ = [
     "InferenceResponseSender",
     "LogLevel",
     "Logger",
+    "ModelConfig",
     "PreferredMemory",
     "Tensor",
     "TritonError",
@@ -690,3 +691,57 @@ def load_model(model_name: str, config: str = "", files: Mapping[str, bytes] | N
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     raise TritonModelException(_MODEL_API_MSG)
+
+
+class ModelConfig:
+    """What ``TritonPythonModel.auto_complete_config(auto_complete_model_config)`` receives: the model's
+    config as Triton's JSON, with the setters Triton documents.  Adding a tensor the config already
+    declares is accepted when it agrees with the declaration and refused when it contradicts it."""
+
+    def __init__(self, model_config: Mapping[str, Any]) -> None:
+        self._config: dict[str, Any] = json.loads(json.dumps(dict(model_config)))
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        current = int(self._config.get("max_batch_size", 0) or 0)
+        if current not in (0, max_batch_size):
+            raise ValueError(
+                f"set_max_batch_size({max_batch_size}): the config already sets max_batch_size {current}"
+            )
+        self._config["max_batch_size"] = int(max_batch_size)
+
+    def set_dynamic_batching(self) -> None:
+        if not self._config.get("sequence_batching"):
+            self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: Mapping[str, Any]) -> None:
+        self._config["model_transaction_policy"] = {
+            "decoupled": bool(transaction_policy_dict.get("decoupled"))
+        }
+
+    def add_input(self, input: Mapping[str, Any]) -> None:
+        self._add("input", input)
+
+    def add_output(self, output: Mapping[str, Any]) -> None:
+        self._add("output", output)
+
+    def _add(self, kind: str, tensor: Mapping[str, Any]) -> None:
+        missing = [key for key in ("name", "data_type", "dims") if key not in tensor]
+        if missing:
+            raise ValueError(f"add_{kind}: the {kind} needs {', '.join(missing)}")
+        wanted = dict(tensor)
+        wanted["dims"] = [int(d) for d in wanted["dims"]]
+        existing = next(
+            (t for t in self._config.setdefault(kind, []) if t.get("name") == wanted["name"]), None
+        )
+        if existing is None:
+            self._config[kind].append(wanted)
+            return
+        for key in ("data_type", "dims"):
+            if key in existing and existing[key] not in (wanted[key], [], "TYPE_INVALID"):
+                raise ValueError(
+                    f"add_{kind}: '{wanted['name']}' {key} {wanted[key]} contradicts the config's {existing[key]}"
+                )
+        existing.update(wanted)

@@ -39,8 +39,10 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from meshserve.errors import Internal, Unavailable, from_wire
+from meshserve.model_config import config_to_json
 from workers.backends import pb_utils
 from workers.backends.base import LoadContext, ParamValue, Request, Result
 
@@ -75,6 +77,34 @@ class PythonBackend:
         self._all_outputs: list[str] = []
         self._declared_outputs: frozenset[str] = frozenset()
         self._decoupled = False
+        self._imported: ModuleType | None = None
+        """The model module, when ``auto_complete_config`` already imported it (load reuses it)."""
+
+    # -- auto-complete ------------------------------------------------------------------------------
+
+    def auto_complete_config(self, ctx: LoadContext) -> None:
+        """Triton's ``TritonPythonModel.auto_complete_config(auto_complete_model_config)``: the model
+        may add inputs/outputs, set max_batch_size, dynamic batching or the transaction policy."""
+        path = ctx.version_dir / (ctx.config.default_model_filename or "model.py")
+        if not path.is_file():
+            return  # load() reports the missing file
+        self._model_name, self._model_version = ctx.model_name, ctx.model_version
+        where = f"python model '{ctx.model_name}' version {ctx.model_version} ({path})"
+        self._imported = self._import(path, where)
+        hook = getattr(getattr(self._imported, "TritonPythonModel", None), "auto_complete_config", None)
+        if hook is None:
+            return
+        wrapper = pb_utils.ModelConfig(config_to_json(ctx.config))
+        try:
+            result = hook(wrapper)
+        except Exception as exc:
+            raise Internal(f"{where}: auto_complete_config raised {_describe(exc)}") from exc
+        completed = (result if isinstance(result, pb_utils.ModelConfig) else wrapper).as_dict()
+        try:
+            fresh = json_format.ParseDict(completed, type(ctx.config)())
+        except json_format.ParseError as exc:
+            raise Internal(f"{where}: auto_complete_config produced an invalid config: {exc}") from exc
+        ctx.config.CopyFrom(fresh)
 
     # -- load / unload ------------------------------------------------------------------------------
 
@@ -93,7 +123,8 @@ class PythonBackend:
         if not path.is_file():
             raise Internal(f"{where}: model file not found")
 
-        module = self._import(path, where)
+        module = self._imported if self._imported is not None else self._import(path, where)
+        self._imported = None
         model_class = getattr(module, "TritonPythonModel", None)
         if model_class is None or not callable(model_class):
             self._forget_module()
