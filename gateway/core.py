@@ -121,6 +121,19 @@ class InferenceCore:
                 raise
         self.stats.record_success(view.name, view.version, time.perf_counter_ns() - start, 0, timing)
 
+    async def control(self, model: str, load: bool, with_overrides: bool = False) -> None:
+        """RepositoryModelLoad / Unload through the model controller (explicit mode)."""
+        if with_overrides:
+            raise InvalidArgument("loading with a config override or model files is not supported yet")
+        request = mesh_pb2.ControlRequest(model_name=model, load=load)
+        await self._dispatcher.control(request, self.settings.control_timeout_s)
+        # the workers' announcements travel on their own NATS connections: wait (briefly) until this
+        # gateway has seen the new state, so a client's next call sees what its load/unload did
+        for _ in range(250):
+            if self.model_ready(model, "") == load:
+                return
+            await asyncio.sleep(0.02)
+
     # -- health and metadata ------------------------------------------------------------------------
     def live(self) -> bool:
         return True

@@ -18,7 +18,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from meshserve import subjects
-from meshserve.errors import DeadlineExceeded, Internal, MeshError, PayloadTooLarge, QueueFull, Unavailable
+from meshserve.errors import (
+    DeadlineExceeded,
+    Internal,
+    MeshError,
+    PayloadTooLarge,
+    QueueFull,
+    Unavailable,
+    Unsupported,
+    from_wire,
+)
 from meshserve.pb import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,20 @@ class Dispatcher:
     def __init__(self, nc: Client, stream_queue_size: int = 1024) -> None:
         self._nc = nc
         self._streams = StreamInbox(nc, stream_queue_size)
+
+    async def control(self, request: mesh_pb2.ControlRequest, timeout_s: float) -> None:
+        """Ask the model controller to load or unload; raise what it answers."""
+        try:
+            msg = await self._nc.request(subjects.control(), request.SerializeToString(), timeout=timeout_s)
+        except nats.errors.NoRespondersError:
+            raise Unsupported(
+                "model control is disabled: start meshserve with --model-control-mode explicit"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise DeadlineExceeded(f"the model controller did not answer within {timeout_s:g} s") from None
+        reply = mesh_pb2.ControlReply.FromString(msg.data)
+        if reply.HasField("error"):
+            raise from_wire(reply.error.code, reply.error.message)
 
     def stream(
         self, request: mesh_pb2.InferRequest, timeout_s: float

@@ -190,12 +190,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             pump_task.cancel()
 
-    RepositoryModelLoad = _not_yet(
-        "RepositoryModelLoad", "model control comes with the model-repository issue"
-    )
-    RepositoryModelUnload = _not_yet(
-        "RepositoryModelUnload", "model control comes with the model-repository issue"
-    )
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Ctx
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._core.control(request.model_name, load=True, with_overrides=bool(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Ctx
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._core.control(request.model_name, load=False)
+        return pb.RepositoryModelUnloadResponse()
+
     SystemSharedMemoryStatus = _not_yet(
         "SystemSharedMemoryStatus", "shared memory is not supported across a mesh"
     )

@@ -112,6 +112,21 @@ def build_app(core: InferenceCore) -> web.Application:
                 raise InvalidArgument("the repository index body must be a JSON object") from None
         return _json(core.repository_index(ready_only))
 
+    async def load_model(request: web.Request) -> web.Response:
+        body = await request.read()
+        overrides = False
+        if body.strip():
+            try:
+                overrides = bool(json.loads(body).get("parameters"))
+            except (ValueError, AttributeError):
+                raise InvalidArgument("the load request body must be a JSON object") from None
+        await core.control(request.match_info["model"], load=True, with_overrides=overrides)
+        return web.Response(status=200)
+
+    async def unload_model(request: web.Request) -> web.Response:
+        await core.control(request.match_info["model"], load=False)
+        return web.Response(status=200)
+
     async def not_yet(request: web.Request) -> web.Response:
         raise Unsupported(f"{request.path} is not implemented by meshserve yet")
 
@@ -185,8 +200,8 @@ def build_app(core: InferenceCore) -> web.Application:
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/models/stats", statistics)
     app.router.add_post("/v2/repository/index", repository_index)
-    app.router.add_post("/v2/repository/models/{model}/load", not_yet)
-    app.router.add_post("/v2/repository/models/{model}/unload", not_yet)
+    app.router.add_post("/v2/repository/models/{model}/load", load_model)
+    app.router.add_post("/v2/repository/models/{model}/unload", unload_model)
     for prefix in (base, versioned):
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)

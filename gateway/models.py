@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from meshserve.controller import UNLOADED_REASON
 from meshserve.errors import InvalidArgument, ModelNotFound, ModelNotReady
 from meshserve.model_config import config_from_bytes
 from meshserve.pb import mesh_pb2
@@ -91,6 +92,11 @@ class ModelView:
             return ModelState.UNAVAILABLE
         return ModelState.LOADING
 
+    @property
+    def unloaded(self) -> bool:
+        """Unloaded on purpose (model control): not counted against server readiness."""
+        return not self.instances and bool(self.failures) and set(self.failures.values()) == {UNLOADED_REASON}
+
     def reason(self) -> str:
         if not self.failures and self.instances:
             return "no live instance: its workers stopped announcing themselves"
@@ -160,6 +166,7 @@ class ModelTable:
             view.failures[ann.instance_id] = ann.reason or "failed to load"
         else:
             view.instances.pop(ann.instance_id, None)
+            view.failures.pop(ann.instance_id, None)
         self._forget_long_gone(view)
 
     def _forget_long_gone(self, view: ModelView) -> None:
@@ -231,7 +238,7 @@ class ModelTable:
         """Strict: every model declared or seen is READY.  Otherwise: none is still LOADING."""
         if strict and any(d.error for d in self._declared.values()):
             return False
-        states = [self.state(v) for v in self._views.values()]
+        states = [self.state(v) for v in self._views.values() if not v.unloaded]
         if strict:
             return all(s is ModelState.READY for s in states)
         return all(s is not ModelState.LOADING for s in states)

@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--exit-timeout-secs", type=float, default=float(env_default("exit_timeout_secs", "30")))
     up.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit"),
+        default=env_default("model_control_mode", "none"),
+        help="none: load every model at start; explicit: only --load-model, then load/unload by API",
+    )
+    up.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        help="explicit mode: load at start (repeatable; '*' = all)",
+    )
+    up.add_argument(
         "--gateways",
         type=int,
         default=int(env_default("gateways", "1")),
@@ -193,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model_repository=args.model_repository.resolve(),
                 gateway=_gateway_settings(args, ""),
                 gateways=max(1, args.gateways),
+                model_control_mode=args.model_control_mode,
+                load_models=tuple(args.load_model),
                 nats_url=args.nats_url,
                 nats_port=args.nats_port,
                 nats_server_binary=args.nats_server,

@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshserve.errors import Unavailable
+from meshserve.controller import Controller
+from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
 from meshserve.lifecycle import install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
 from meshserve.nats_server import EmbeddedNats, find_nats_server, start_nats_server
@@ -94,6 +95,10 @@ class Launcher:
         self._settings = settings
         self._children: list[Child] = []
         self._nats: EmbeddedNats | None = None
+        self._model_workers: dict[str, list[Child]] = {}
+        self._common: list[str] = []
+        self._entries: dict[str, ModelEntry] = {}
+        self._controller: Controller | None = None
 
     async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         process = await asyncio.create_subprocess_exec(
@@ -166,38 +171,19 @@ class Launcher:
                 log.error("model '%s' cannot be served: %s", entry.name, entry.error)
             elif entry.auto_complete:
                 log.info("model '%s': its workers complete the config from the model file", entry.name)
-        workers = []
-        for spec in worker_plan(entries, _gpu_count()):
-            env = (
-                {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
-            )
-            device = "cuda:0" if env else "cpu"
-            workers.append(
-                await self._spawn(
-                    f"worker {spec.model} v{spec.version} #{spec.instance}",
-                    [
-                        "worker",
-                        *common,
-                        "--model-repository",
-                        str(s.model_repository),
-                        "--model-name",
-                        spec.model,
-                        "--model-version",
-                        str(spec.version),
-                        "--instance-index",
-                        str(spec.instance),
-                        "--device",
-                        device,
-                    ],
-                    env,
-                )
-            )
-        models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in entries if e.error}
-        for ready in await self._wait_ready(workers):
+        self._common = common
+        self._entries = {e.name: e for e in entries}
+        explicit = s.model_control_mode == "explicit"
+        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in s.load_models]
+        models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in wanted if e.error}
+        for ready in await self._start_workers(wanted):
             key = f"{ready['model']}:{ready['version']}"
             state = ready["state"] if ready["state"] == "READY" else f"{ready['state']}: {ready['reason']}"
             if models.get(key, "READY") == "READY":
                 models[key] = state
+        if explicit:
+            self._controller = Controller(self, nats_url)
+            await self._controller.start([e for e in entries if e not in wanted])
         for key, state in sorted(models.items()):
             log.info("model %-30s %s", key, state)
         log.info(
@@ -217,6 +203,67 @@ class Launcher:
             "metrics_ports": gw["metrics_ports"],
             "models": models,
         }
+
+    async def _start_workers(self, entries: list[ModelEntry]) -> list[dict[str, Any]]:
+        """One worker per instance of every served version of ``entries``; their ready payloads."""
+        s, common = self._settings, self._common
+        started: list[Child] = []
+        for spec in worker_plan(entries, _gpu_count()):
+            env = (
+                {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
+            )
+            device = "cuda:0" if env else "cpu"
+            started.append(
+                await self._spawn(
+                    f"worker {spec.model} v{spec.version} #{spec.instance}",
+                    [
+                        "worker",
+                        *common,
+                        "--model-repository",
+                        str(s.model_repository),
+                        "--model-name",
+                        spec.model,
+                        "--model-version",
+                        str(spec.version),
+                        "--instance-index",
+                        str(spec.instance),
+                        "--device",
+                        device,
+                    ],
+                    env,
+                )
+            )
+            self._model_workers.setdefault(spec.model, []).append(started[-1])
+        return await self._wait_ready(started)
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return self._entries.get(name)
+
+    async def stop_model(self, name: str) -> None:
+        """Stop every worker of one model (they say goodbye first, so the pool shrinks at once)."""
+        for child in self._model_workers.pop(name, []):
+            if child.process.returncode is None:
+                child.process.terminate()
+            try:
+                async with asyncio.timeout(self._settings.exit_timeout_s):
+                    await child.process.wait()
+            except TimeoutError:
+                child.process.kill()
+                await child.process.wait()
+            if child.reader is not None:
+                child.reader.cancel()
+            self._children.remove(child)
+
+    async def start_model(self, name: str) -> list[dict[str, Any]]:
+        """(Re)load one model: stop its workers if any, rescan its directory, start fresh ones."""
+        await self.stop_model(name)
+        entry = next((e for e in scan_repository(self._settings.model_repository) if e.name == name), None)
+        if entry is None:
+            raise ModelNotFound(f"failed to load '{name}', failed to poll from model repository")
+        if entry.error:
+            raise InvalidArgument(f"failed to load '{name}': {entry.error}")
+        self._entries[name] = entry
+        return await self._start_workers([entry])
 
     async def _start_gateways(self, common: list[str]) -> dict[str, Any]:
         """The first gateway binds the ports (0 = free ones); the others join the same ports with
@@ -245,6 +292,8 @@ class Launcher:
         return ready
 
     async def stop(self) -> None:
+        if self._controller is not None:
+            await self._controller.close()
         for child in reversed(self._children):
             if child.process.returncode is None:
                 child.process.terminate()

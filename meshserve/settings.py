@@ -61,6 +61,8 @@ class GatewaySettings:
     metrics_port: int = 8002
     strict_readiness: bool = True
     """ServerReady is true only when every model is ready (Triton's ``--strict-readiness``)."""
+    control_timeout_s: float = 300.0
+    """How long a load/unload request waits for the model controller (a load starts processes)."""
     reuse_port: bool = False
     """Bind the gRPC and HTTP ports with SO_REUSEPORT, so several gateway processes share them and the
     kernel spreads connections across them (``meshserve up --gateways N``)."""
@@ -110,6 +112,10 @@ class UpSettings:
 
     model_repository: Path
     gateway: GatewaySettings
+    model_control_mode: str = "none"
+    """``none`` (load everything at start) or ``explicit`` (only ``load_models``; load/unload by API)."""
+    load_models: tuple[str, ...] = ()
+    """``--load-model`` names loaded at start in explicit mode (``*`` = all)."""
     gateways: int = 1
     """Gateway processes sharing the client ports (one Python process must not be the ceiling)."""
     nats_url: str | None = None

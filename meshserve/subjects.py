@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BATCHER_QUEUE_GROUP",
     "PREFIX",
+    "control",
     "infer",
     "infer_all",
     "model_token",
@@ -48,3 +49,8 @@ def worker_announce() -> str:
 def worker_query() -> str:
     """A gateway or batcher that starts asks here; every worker answers by announcing itself at once."""
     return f"{PREFIX}.worker.query"
+
+
+def control() -> str:
+    """Where gateways send load/unload requests; the controller (``meshserve up``) answers."""
+    return f"{PREFIX}.control"

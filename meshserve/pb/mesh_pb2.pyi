@@ -183,3 +183,17 @@ class WorkerAnnouncement(_message.Message):
     heartbeat_interval_s: float
     platform: str
     def __init__(self, instance_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., model_config: _Optional[bytes] = ..., max_inflight_batches: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., platform: _Optional[str] = ...) -> None: ...
+
+class ControlRequest(_message.Message):
+    __slots__ = ("model_name", "load")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    load: bool
+    def __init__(self, model_name: _Optional[str] = ..., load: bool = ...) -> None: ...
+
+class ControlReply(_message.Message):
+    __slots__ = ("error",)
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,102 @@
+"""Model control, Triton's EXPLICIT mode: load at start only what is named, then load/unload by API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from meshserve.harness import ROOT, Mesh, start_mesh, wait_for
+
+
+@pytest.fixture(scope="module")
+def explicit_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    base = tmp_path_factory.mktemp("explicit")
+    repository = base / "models"
+    repository.mkdir()
+    for name in ("simple", "simple_identity"):
+        (repository / name).symlink_to(ROOT / "examples" / "model_repository" / name)
+    (repository / "fails_to_load").symlink_to(ROOT / "tests" / "models" / "fails_to_load")
+    mesh = start_mesh(
+        repository, base / "mesh.log", "--model-control-mode", "explicit", "--load-model", "simple"
+    )
+    try:
+        yield mesh
+    finally:
+        assert mesh.stop() == 0
+
+
+def _infer_simple(client: grpcclient.InferenceServerClient) -> np.ndarray:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [
+        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
+        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(a)
+    return client.infer("simple", inputs).as_numpy("OUTPUT0")  # type: ignore[no-any-return]
+
+
+def _index(client: grpcclient.InferenceServerClient) -> dict[str, dict[str, str]]:
+    return {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+
+
+def test_only_named_models_load_at_start(explicit_mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
+    assert client.is_model_ready("simple")
+    assert wait_for(lambda: _index(client)["simple_identity"]["state"] == "UNAVAILABLE", timeout_s=10)
+    assert _index(client)["simple_identity"]["reason"] == "unloaded"
+    assert client.is_server_ready()  # unloaded models do not count against readiness
+
+
+def test_load_infer_unload_through_the_api(explicit_mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
+    client.load_model("simple_identity")
+    assert client.is_model_ready("simple_identity")
+    tensor = grpcclient.InferInput("INPUT0", [1, 2], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
+    assert list(client.infer("simple_identity", [tensor]).as_numpy("OUTPUT0").reshape(-1)) == [b"a", b"b"]
+    client.unload_model("simple_identity")
+    assert wait_for(lambda: not client.is_model_ready("simple_identity"), timeout_s=10)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("simple_identity", [tensor])
+    assert err.value.status() == "StatusCode.UNAVAILABLE"
+    np.testing.assert_array_equal(_infer_simple(client), 2 * np.arange(16, dtype=np.int32).reshape(1, 16))
+
+
+def test_http_load_and_unload(explicit_mesh: Mesh) -> None:
+    client = httpclient.InferenceServerClient(explicit_mesh.http_url)
+    client.load_model("simple_identity")
+    assert client.is_model_ready("simple_identity")
+    client.unload_model("simple_identity")
+    assert wait_for(lambda: not client.is_model_ready("simple_identity"), timeout_s=10)
+
+
+def test_a_model_that_cannot_load_says_why_and_others_keep_serving(explicit_mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("fails_to_load")
+    assert "weights file is corrupt" in err.value.message()
+    with pytest.raises(InferenceServerException) as unknown:
+        client.load_model("no_such_model")
+    assert "no_such_model" in unknown.value.message()
+    assert client.is_model_ready("simple")
+
+
+def test_none_mode_refuses_model_control(mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("simple")
+    assert "--model-control-mode explicit" in err.value.message()
+
+
+def test_reload_restarts_the_workers(explicit_mesh: Mesh, tmp_path: Path) -> None:
+    client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
+    client.load_model("simple")  # loading a loaded model reloads it
+    assert client.is_model_ready("simple")
+    np.testing.assert_array_equal(_infer_simple(client), 2 * np.arange(16, dtype=np.int32).reshape(1, 16))
