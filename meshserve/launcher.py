@@ -241,7 +241,10 @@ class Launcher:
 
     async def stop_model(self, name: str) -> None:
         """Stop every worker of one model (they say goodbye first, so the pool shrinks at once)."""
-        for child in self._model_workers.pop(name, []):
+        await self._stop_children(self._model_workers.pop(name, []))
+
+    async def _stop_children(self, children: list[Child]) -> None:
+        for child in children:
             if child.process.returncode is None:
                 child.process.terminate()
             try:
@@ -255,15 +258,22 @@ class Launcher:
             self._children.remove(child)
 
     async def start_model(self, name: str) -> list[dict[str, Any]]:
-        """(Re)load one model: stop its workers if any, rescan its directory, start fresh ones."""
-        await self.stop_model(name)
+        """(Re)load one model from its directory.  On a reload the new workers start beside the old
+        ones, which stop only once the new ones are READY; if the new ones fail, the old keep serving."""
         entry = next((e for e in scan_repository(self._settings.model_repository) if e.name == name), None)
         if entry is None:
             raise ModelNotFound(f"failed to load '{name}', failed to poll from model repository")
         if entry.error:
             raise InvalidArgument(f"failed to load '{name}': {entry.error}")
+        old = self._model_workers.pop(name, [])
+        readies = await self._start_workers([entry])
+        if old and any(r.get("state") != "READY" for r in readies):
+            await self._stop_children(self._model_workers.pop(name, []))
+            self._model_workers[name] = old
+            return readies
         self._entries[name] = entry
-        return await self._start_workers([entry])
+        await self._stop_children(old)
+        return readies
 
     async def _start_gateways(self, common: list[str]) -> dict[str, Any]:
         """The first gateway binds the ports (0 = free ones); the others join the same ports with

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,8 +94,32 @@ def test_none_mode_refuses_model_control(mesh: Mesh) -> None:
     assert "--model-control-mode explicit" in err.value.message()
 
 
-def test_reload_restarts_the_workers(explicit_mesh: Mesh, tmp_path: Path) -> None:
+def test_a_reload_serves_throughout(explicit_mesh: Mesh) -> None:
+    """Loading a loaded model reloads it: new workers start beside the old, which stop only once the
+    new ones are READY — requests sent during the reload all succeed."""
+    import threading
+
     client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
-    client.load_model("simple")  # loading a loaded model reloads it
+    failures: list[BaseException] = []
+    served = [0]
+    stop = threading.Event()
+
+    def traffic() -> None:
+        own = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
+        while not stop.is_set():
+            try:
+                _infer_simple(own)
+                served[0] += 1
+            except InferenceServerException as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        client.load_model("simple")
+    finally:
+        stop.set()
+        thread.join(30)
     assert client.is_model_ready("simple")
-    np.testing.assert_array_equal(_infer_simple(client), 2 * np.arange(16, dtype=np.int32).reshape(1, 16))
+    assert served[0] > 0
+    assert failures == []
