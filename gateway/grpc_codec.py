@@ -6,17 +6,16 @@ order) or as typed ``contents``; outputs always go back as ``raw_output_contents
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from gateway.validate import InferCall, InputTensor, ParamValue
+from gateway.validate import InferCall, InputTensor
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput
+from meshserve.params import param_value, set_param
 from meshserve.pb import grpc_service_pb2 as pb
 from meshserve.pb import mesh_pb2
 
-__all__ = ["decode_infer", "encode_infer", "param_to_python", "python_to_param"]
+__all__ = ["decode_infer", "encode_infer"]
 
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -32,25 +31,6 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-
-
-def param_to_python(param: pb.InferParameter) -> ParamValue:
-    which = param.WhichOneof("parameter_choice")
-    if which is None:
-        return ""
-    value: ParamValue = getattr(param, which)
-    return value
-
-
-def python_to_param(param: pb.InferParameter, value: Any) -> None:
-    if isinstance(value, bool):
-        param.bool_param = value
-    elif isinstance(value, int):
-        param.int64_param = value
-    elif isinstance(value, float):
-        param.double_param = value
-    else:
-        param.string_param = str(value)
 
 
 def decode_infer(request: pb.ModelInferRequest) -> InferCall:
@@ -91,7 +71,7 @@ def decode_infer(request: pb.ModelInferRequest) -> InferCall:
         request_id=request.id,
         inputs=inputs,
         outputs=[o.name for o in request.outputs],
-        parameters={key: param_to_python(p) for key, p in request.parameters.items()},
+        parameters={key: param_value(p) for key, p in request.parameters.items()},
     )
 
 
@@ -120,7 +100,6 @@ def encode_infer(response: mesh_pb2.InferResponse, model_version: int) -> pb.Mod
         out.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         out.raw_output_contents.append(tensor.data)
     for key, param in response.parameters.items():
-        which = param.WhichOneof("choice")
-        if which is not None:
-            python_to_param(out.parameters[key], getattr(param, which))
+        if param.WhichOneof("choice") is not None:
+            set_param(out.parameters[key], param_value(param))
     return out

@@ -15,11 +15,10 @@ from gateway.models import ModelView
 from gateway.timing import TIMING_PARAMETER
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput, PayloadTooLarge
+from meshserve.params import INT64_MAX, INT64_MIN, ParamValue, set_param
 from meshserve.pb import mesh_pb2
 
 __all__ = ["RESERVED_PARAMETERS", "InferCall", "InputTensor", "ParamValue", "build_request"]
-
-ParamValue = bool | int | float | str
 
 RESERVED_PARAMETERS = frozenset(
     {
@@ -89,7 +88,7 @@ def build_request(call: InferCall, view: ModelView, default_timeout_s: float, ma
     for key, value in call.parameters.items():
         if key in RESERVED_PARAMETERS or key.startswith("triton_"):
             continue
-        _set_param(message.parameters[key], value)
+        set_param(message.parameters[key], value)
     return Prepared(message, timeout_s)
 
 
@@ -177,32 +176,13 @@ def _priority(parameters: dict[str, ParamValue]) -> int:
     return priority
 
 
-_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
-
-
 def _int_param(parameters: dict[str, ParamValue], key: str) -> int:
     value = parameters.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"parameter '{key}' must be an integer, got {value!r}")
-    if not _INT64_MIN <= value <= _INT64_MAX:
+    if not INT64_MIN <= value <= INT64_MAX:
         raise InvalidArgument(f"parameter '{key}' is outside the 64-bit integer range: {value}")
     return value
-
-
-def _set_param(param: mesh_pb2.Param, value: ParamValue) -> None:
-    if isinstance(value, bool):
-        param.bool_param = value
-    elif isinstance(value, int):
-        if _INT64_MIN <= value <= _INT64_MAX:
-            param.int64_param = value
-        elif 0 <= value <= _UINT64_MAX:
-            param.uint64_param = value
-        else:
-            raise InvalidArgument(f"parameter value {value} is outside the 64-bit integer range")
-    elif isinstance(value, float):
-        param.double_param = value
-    else:
-        param.string_param = str(value)
 
 
 def _fmt(shape: list[int]) -> str:

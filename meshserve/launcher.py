@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,8 +53,6 @@ def _gpu_count() -> int:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
     if shutil.which("nvidia-smi") is None:
         return 0
-    import subprocess
-
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):

@@ -10,18 +10,11 @@ import numpy as np
 
 from meshserve import tensors
 from meshserve.errors import MeshError
+from meshserve.params import param_value, set_param
 from meshserve.pb import mesh_pb2
-from workers.backends.base import ParamValue, Request, Result
+from workers.backends.base import Request, Result
 
-__all__ = ["decode_request", "encode_error", "encode_result", "param_value"]
-
-
-def param_value(param: mesh_pb2.Param) -> ParamValue:
-    which = param.WhichOneof("choice")
-    if which is None:
-        return ""
-    value: ParamValue = getattr(param, which)
-    return value
+__all__ = ["decode_request", "encode_error", "encode_result"]
 
 
 def decode_request(message: mesh_pb2.InferRequest) -> Request:
@@ -37,17 +30,6 @@ def decode_request(message: mesh_pb2.InferRequest) -> Request:
     )
 
 
-def _set_param(param: mesh_pb2.Param, value: ParamValue) -> None:
-    if isinstance(value, bool):
-        param.bool_param = value
-    elif isinstance(value, int):
-        param.int64_param = value
-    elif isinstance(value, float):
-        param.double_param = value
-    else:
-        param.string_param = str(value)
-
-
 def encode_result(request: mesh_pb2.InferRequest, result: Result) -> mesh_pb2.InferResponse:
     if result.error is not None:
         return encode_error(request, result.error)
@@ -58,7 +40,7 @@ def encode_result(request: mesh_pb2.InferRequest, result: Result) -> mesh_pb2.In
         datatype, shape, data = tensors.from_numpy(np.asarray(array))
         response.outputs.append(mesh_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=data))
     for key, value in result.parameters.items():
-        _set_param(response.parameters[key], value)
+        set_param(response.parameters[key], value)
     return response
 
 

@@ -15,11 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from meshserve.errors import MeshError
+from meshserve.params import ParamValue
 from meshserve.pb import model_config_pb2 as mc
 
 __all__ = ["Backend", "ConfigCompleter", "LoadContext", "ParamValue", "Request", "Result"]
-
-ParamValue = bool | int | float | str
 
 
 @dataclass(frozen=True, slots=True)
