@@ -174,7 +174,9 @@ class ModelTable:
         so a model whose workers all died still reads UNAVAILABLE with its reason)."""
         cutoff = time.monotonic() - 10 * self._stale_after_s
         gone = [iid for iid, seen in view.instances.items() if seen < cutoff]
-        for iid in gone[: max(0, len(view.instances) - 1)] if len(gone) == len(view.instances) else gone:
+        if len(gone) == len(view.instances):
+            gone = gone[:-1]  # keep one: the model must not look as if it never had a worker
+        for iid in gone:
             view.instances.pop(iid, None)
 
     # -- reading ----------------------------------------------------------------------------------
