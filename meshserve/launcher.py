@@ -271,6 +271,10 @@ class Launcher:
             self._model_workers[name] = old
             return readies
         self._entries[name] = entry
+        if old:
+            # the new workers announced READY on their own NATS connections: give every batcher one
+            # heartbeat to route to them before the old ones say goodbye
+            await asyncio.sleep(1.0)
         await self._stop_children(old)
         return readies
 

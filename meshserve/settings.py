@@ -101,6 +101,8 @@ class WorkerSettings:
     """``cpu`` or ``cuda:N``; the launcher picks it from the instance group."""
     exit_timeout_s: float = 10.0
     """On SIGTERM, how long batches in flight may take to finish."""
+    stop_notice_s: float = 0.3
+    """On SIGTERM, how long the batch endpoint stays open after the STOPPING announcement."""
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
     limits: Limits = field(default_factory=Limits)

@@ -156,6 +156,9 @@ async def run(settings: WorkerSettings) -> None:
             await stop.wait()
             await announcer.publish(mesh_pb2.STOPPING)
             if server is not None:
+                # batchers route around this instance once they see the goodbye; a batch already on
+                # its way in that moment must still find the endpoint open
+                await asyncio.sleep(min(settings.stop_notice_s, settings.exit_timeout_s))
                 await server.stop(settings.exit_timeout_s)
     finally:
         if backend is not None:

@@ -122,4 +122,4 @@ def test_a_reload_serves_throughout(explicit_mesh: Mesh) -> None:
         thread.join(30)
     assert client.is_model_ready("simple")
     assert served[0] > 0
-    assert failures == []
+    assert [str(f) for f in failures] == []
