@@ -9,12 +9,14 @@ import grpc
 from aiohttp import web
 from nats.aio.msg import Msg
 
+from gateway.auth import GrpcAuthInterceptor
 from gateway.core import InferenceCore
 from gateway.dispatcher import Dispatcher
 from gateway.grpc_service import InferenceServicer
 from gateway.http_service import build_app
 from gateway.metrics import build_registry, start_metrics_server
 from gateway.models import ModelTable
+from gateway.tls import grpc_server_credentials, http_ssl_context
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
@@ -49,26 +51,42 @@ async def run(settings: GatewaySettings) -> None:
     core = InferenceCore(settings, models, Dispatcher(nc))
 
     limit = settings.limits.grpc_message_bytes
+    request_limits = settings.request_limits
     grpc_server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-        ]
+            ("grpc.max_metadata_size", request_limits.grpc_max_metadata_bytes),
+            ("grpc.max_concurrent_streams", request_limits.grpc_max_concurrent_streams),
+        ],
+        interceptors=[GrpcAuthInterceptor(settings.auth)],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), grpc_server)
-    grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    grpc_address = f"{settings.host}:{settings.grpc_port}"
+    credentials = grpc_server_credentials(settings.grpc_tls)
+    if credentials is None:
+        grpc_port = grpc_server.add_insecure_port(grpc_address)
+    else:
+        grpc_port = grpc_server.add_secure_port(grpc_address, credentials)
     if grpc_port == 0:
         raise SystemExit(f"gateway: cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     await grpc_server.start()
 
-    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        build_app(core),
+        access_log=None,
+        handle_signals=False,
+        max_line_size=request_limits.http_max_field_bytes,
+        max_field_size=request_limits.http_max_field_bytes,
+        max_headers=request_limits.http_max_headers,
+    )
     await runner.setup()
     http_socket = _bind("HTTP", settings.host, settings.http_port, settings.reuse_port)
-    await web.SockSite(runner, http_socket).start()
+    await web.SockSite(runner, http_socket, ssl_context=http_ssl_context(settings.http_tls)).start()
     http_port = http_socket.getsockname()[1]
 
-    metrics_socket = _bind("metrics", settings.host, settings.metrics_port)
+    metrics_socket = _bind("metrics", settings.metrics_address or settings.host, settings.metrics_port)
     metrics_runner = await start_metrics_server(
         build_registry(core.stats, models.live_instances), metrics_socket
     )
@@ -80,6 +98,8 @@ async def run(settings: GatewaySettings) -> None:
         http_port=http_port,
         metrics_port=metrics_port,
         nats=settings.nats_url,
+        grpc_tls=settings.grpc_tls.use_ssl,
+        http_tls=settings.http_tls.enabled,
     )
     try:
         await stop.wait()

@@ -21,6 +21,7 @@ from gateway.validate import InferCall, build_request
 from meshserve import __version__
 from meshserve.errors import InvalidArgument, MeshError, from_wire
 from meshserve.pb import mesh_pb2
+from meshserve.security import check_model_name
 from meshserve.settings import GatewaySettings
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "InferOutcome", "InferenceCore"]
@@ -66,7 +67,9 @@ class InferenceCore:
         """Validate, send into the mesh, await the reply; count the outcome in the statistics."""
         limits = self.settings.limits
         try:
-            prepared = build_request(call, view, limits.request_timeout_s, limits.max_message_bytes)
+            prepared = build_request(
+                call, view, limits.request_timeout_s, limits.max_message_bytes, self.settings.request_limits
+            )
             timeout_s = (
                 prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
             )
@@ -101,7 +104,13 @@ class InferenceCore:
         timing: mesh_pb2.Timing | None = None
         with self.stats.in_flight(view.name, view.version):
             try:
-                prepared = build_request(call, view, limits.request_timeout_s, limits.max_message_bytes)
+                prepared = build_request(
+                    call,
+                    view,
+                    limits.request_timeout_s,
+                    limits.max_message_bytes,
+                    self.settings.request_limits,
+                )
                 async for response in self._dispatcher.stream(prepared.message, prepared.timeout_s):
                     if response.HasField("timing") and timing is None:
                         timing = response.timing
@@ -123,6 +132,7 @@ class InferenceCore:
 
     async def control(self, model: str, load: bool, with_overrides: bool = False) -> None:
         """RepositoryModelLoad / Unload through the model controller (explicit mode)."""
+        check_model_name(model)  # before the name travels anywhere near the repository
         if with_overrides:
             raise InvalidArgument("loading with a config override or model files is not supported yet")
         request = mesh_pb2.ControlRequest(model_name=model, load=load)

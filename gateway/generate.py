@@ -75,6 +75,8 @@ def parse_generate_body(body: bytes) -> dict[str, Any]:
         raise InvalidArgument(f"'{exc.key}' appears more than once in the generate request") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"failed to parse the generate request JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("failed to parse the generate request JSON: it is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"the generate request must be a JSON object, got {_json_type(value)}")
     return value

@@ -169,9 +169,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     pb.ModelStreamInferResponse(error_message=error.message, infer_response=failed)
                 )
 
+        # bounded: past this many requests in flight the stream is not read until one ends
+        # (HTTP/2 flow control then holds the client back; --grpc-stream-inflight)
+        slots = asyncio.Semaphore(self._core.settings.request_limits.grpc_stream_inflight or 1)
+
+        async def one_in_slot(request: pb.ModelInferRequest) -> None:
+            try:
+                await one(request)
+            finally:
+                slots.release()
+
         async def read_all(tg: asyncio.TaskGroup) -> None:
             async for request in request_iterator:
-                tg.create_task(one(request))
+                await slots.acquire()
+                tg.create_task(one_in_slot(request))
 
         async def pump() -> None:
             try:

@@ -15,14 +15,16 @@ from typing import Any
 import numpy as np
 
 from gateway.models import ModelView
-from gateway.validate import InferCall, InputTensor, ParamValue
+from gateway.validate import InferCall, InputTensor, ParamValue, check_counts, check_tensor_size
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput
 from meshserve.pb import mesh_pb2
+from meshserve.security import RequestLimits
 
 __all__ = ["HEADER_LENGTH", "HttpInfer", "decode_infer", "encode_infer", "tensor_json_values"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_DEFAULT_LIMITS = RequestLimits()
 
 
 @dataclass(slots=True)
@@ -33,7 +35,11 @@ class HttpInfer:
     binary_default: bool
 
 
-def decode_infer(body: bytes, header_length: str | None, view: ModelView) -> HttpInfer:
+def decode_infer(
+    body: bytes, header_length: str | None, view: ModelView, limits: RequestLimits = _DEFAULT_LIMITS
+) -> HttpInfer:
+    """Limits that bound the decoding itself (tensor count, elements, nesting) are checked before
+    the work they bound; the rest of validation is ``validate.build_request``'s."""
     if header_length is not None:
         try:
             json_length = int(header_length)
@@ -46,7 +52,7 @@ def decode_infer(body: bytes, header_length: str | None, view: ModelView) -> Htt
     else:
         json_length = len(body)
     header = _parse_json(body[:json_length])
-    return _decode_header(header, memoryview(body)[json_length:])
+    return _decode_header(header, memoryview(body)[json_length:], limits)
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:
@@ -54,20 +60,26 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"failed to parse the request JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("failed to parse the request JSON: it is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidArgument("the request JSON must be an object")
     return value
 
 
-def _decode_header(header: dict[str, Any], binary: memoryview) -> HttpInfer:
+def _decode_header(header: dict[str, Any], binary: memoryview, limits: RequestLimits) -> HttpInfer:
     parameters = _parameters(header.get("parameters"), "request")
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list):
         raise InvalidArgument("the request JSON needs an 'inputs' list")
+    raw_outputs = header.get("outputs", [])
+    check_counts(
+        len(raw_inputs), len(raw_outputs) if isinstance(raw_outputs, list) else 0, len(parameters), limits
+    )
     offset = 0
     inputs = []
     for raw in raw_inputs:
-        tensor, used = _decode_input(raw, binary, offset)
+        tensor, used = _decode_input(raw, binary, offset, limits)
         offset += used
         inputs.append(tensor)
     if offset != len(binary):
@@ -76,7 +88,6 @@ def _decode_header(header: dict[str, Any], binary: memoryview) -> HttpInfer:
         )
     binary_default = bool(parameters.pop("binary_data_output", False))
     outputs: dict[str, bool] = {}
-    raw_outputs = header.get("outputs", [])
     if not isinstance(raw_outputs, list):
         raise InvalidArgument("'outputs' must be a list")
     for raw in raw_outputs:
@@ -104,7 +115,9 @@ def _parameters(value: Any, where: str) -> dict[str, ParamValue]:
     return dict(value)
 
 
-def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+def _decode_input(
+    raw: Any, binary: memoryview, offset: int, limits: RequestLimits
+) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict):
         raise InvalidArgument("each input must be a JSON object")
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
@@ -114,6 +127,7 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
         raise InvalidInput(name, f"unknown or missing datatype {datatype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidInput(name, "'shape' must be a list of integers")
+    check_tensor_size(name, shape, limits)
     params = _parameters(raw.get("parameters"), f"input '{name}'")
     if any(key.startswith("shared_memory") for key in params):
         raise InvalidInput(name, "shared memory inputs are not supported by meshserve; send the data")
@@ -129,16 +143,17 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
         return InputTensor(name, datatype, shape, binary[offset : offset + size]), size
     if "data" not in raw:
         raise InvalidInput(name, "needs 'data' or parameters.binary_data_size")
-    return InputTensor(name, datatype, shape, _json_data_to_bytes(name, datatype, shape, raw["data"])), 0
+    data = _json_data_to_bytes(name, datatype, shape, raw["data"], limits.max_json_depth)
+    return InputTensor(name, datatype, shape, data), 0
 
 
 _KINDS_ACCEPTED = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 """JSON values numpy may turn into each kind; booleans only for BOOL (Triton refuses them elsewhere)."""
 
 
-def _json_data_to_bytes(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
+def _json_data_to_bytes(name: str, datatype: str, shape: list[int], data: Any, max_depth: int) -> bytes:
     count = tensors.element_count(shape) if all(d >= 0 for d in shape) else -1
-    flat = _flatten(name, data)
+    flat = _flatten(name, data, max_depth)
     if len(flat) != count:
         raise InvalidInput(name, f"JSON data holds {len(flat)} values but shape {shape} needs {count}")
     if datatype == "BYTES":
@@ -157,7 +172,7 @@ def _json_data_to_bytes(name: str, datatype: str, shape: list[int], data: Any) -
     return tensors.values_to_bytes(name, datatype, flat)
 
 
-def _flatten(name: str, data: Any) -> list[Any]:
+def _flatten(name: str, data: Any, max_depth: int) -> list[Any]:
     if not isinstance(data, list):
         raise InvalidInput(name, "'data' must be a JSON array")
     flat: list[Any] = []
@@ -165,6 +180,10 @@ def _flatten(name: str, data: Any) -> list[Any]:
     while stack:
         for item in stack[-1]:
             if isinstance(item, list):
+                if len(stack) >= max_depth:
+                    raise InvalidInput(
+                        name, f"'data' is nested deeper than {max_depth} arrays (--max-json-depth)"
+                    )
                 stack.append(iter(item))
                 break
             flat.append(item)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.auth import http_auth_middleware
 from gateway.core import InferenceCore
 from gateway.generate import decode_generate, generate_events, generate_one, sse_event
 from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
@@ -74,7 +75,8 @@ def _status(ok: bool) -> web.Response:
 
 def build_app(core: InferenceCore) -> web.Application:
     max_body = core.settings.limits.max_message_bytes + 1024 * 1024
-    app = web.Application(client_max_size=max_body, middlewares=[_make_error_middleware(max_body)])
+    middlewares = [_make_error_middleware(max_body), http_auth_middleware(core.settings.auth)]
+    app = web.Application(client_max_size=max_body, middlewares=middlewares)
 
     def version(request: web.Request) -> str:
         return request.match_info.get("version", "")
@@ -134,7 +136,7 @@ def build_app(core: InferenceCore) -> web.Application:
         model = request.match_info["model"]
         view = core.models.ready_view(model, version(request))
         body = await request.read()
-        decoded = decode_infer(body, request.headers.get(HEADER_LENGTH), view)
+        decoded = decode_infer(body, request.headers.get(HEADER_LENGTH), view, core.settings.request_limits)
         outcome = await core.infer(model, version(request), decoded.call)
         payload, header_length = encode_infer(outcome.response, outcome.view.version, decoded)
         if header_length is None:

@@ -17,8 +17,19 @@ from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput, PayloadTooLarge
 from meshserve.params import INT64_MAX, INT64_MIN, ParamValue, set_param
 from meshserve.pb import mesh_pb2
+from meshserve.security import RequestLimits
 
-__all__ = ["RESERVED_PARAMETERS", "InferCall", "InputTensor", "ParamValue", "build_request"]
+__all__ = [
+    "RESERVED_PARAMETERS",
+    "InferCall",
+    "InputTensor",
+    "ParamValue",
+    "build_request",
+    "check_counts",
+    "check_tensor_size",
+]
+
+_DEFAULT_LIMITS = RequestLimits()
 
 RESERVED_PARAMETERS = frozenset(
     {
@@ -58,14 +69,23 @@ class Prepared:
     timeout_s: float
 
 
-def build_request(call: InferCall, view: ModelView, default_timeout_s: float, max_bytes: int) -> Prepared:
+def build_request(
+    call: InferCall,
+    view: ModelView,
+    default_timeout_s: float,
+    max_bytes: int,
+    limits: RequestLimits = _DEFAULT_LIMITS,
+) -> Prepared:
     total = sum(len(tensor.data) for tensor in call.inputs)
     if total > max_bytes:
         raise PayloadTooLarge(
             f"request tensors total {total} bytes, over the limit of {max_bytes} bytes "
             "(raise --max-message-bytes / MESHSERVE_MAX_MESSAGE_BYTES)"
         )
-    batch_size = _check_inputs(call, view)
+    check_counts(len(call.inputs), len(call.outputs), len(call.parameters), limits)
+    for tensor in call.inputs:
+        check_tensor_size(tensor.name, tensor.shape, limits)
+    batch_size = _check_inputs(call, view, limits.max_bytes_element_bytes)
     _check_outputs(call, view)
     timeout_s = _timeout_s(call.parameters, default_timeout_s)
     message = mesh_pb2.InferRequest(
@@ -92,7 +112,31 @@ def build_request(call: InferCall, view: ModelView, default_timeout_s: float, ma
     return Prepared(message, timeout_s)
 
 
-def _check_inputs(call: InferCall, view: ModelView) -> int:
+def check_counts(inputs: int, outputs: int, parameters: int, limits: RequestLimits) -> None:
+    """Tensors and parameters per request (``--max-request-tensors``, ``--max-request-parameters``)."""
+    for what, count, limit, flag in (
+        ("input tensors", inputs, limits.max_tensors, "--max-request-tensors"),
+        ("requested outputs", outputs, limits.max_tensors, "--max-request-tensors"),
+        ("parameters", parameters, limits.max_parameters, "--max-request-parameters"),
+    ):
+        if count > limit:
+            raise InvalidArgument(f"the request has {count} {what}, over the limit of {limit} ({flag})")
+
+
+def check_tensor_size(name: str, shape: list[int], limits: RequestLimits) -> None:
+    """Elements of one tensor, counted as the product of its non-zero dims (so ``[0, 2**62]`` is
+    refused here rather than by numpy in the worker); ``--max-tensor-elements``."""
+    count = 1
+    for dim in shape:
+        count *= max(abs(dim), 1)
+        if count > limits.max_tensor_elements:
+            raise PayloadTooLarge(
+                f"input '{name}': shape {_fmt(shape)} is over the limit of {limits.max_tensor_elements} "
+                "elements per tensor (--max-tensor-elements)"
+            )
+
+
+def _check_inputs(call: InferCall, view: ModelView, max_element_bytes: int = 0) -> int:
     """Names, datatypes, shapes, byte sizes; returns the request's batch size (0 if not batching)."""
     seen: set[str] = set()
     batch_size: int | None = None
@@ -128,7 +172,7 @@ def _check_inputs(call: InferCall, view: ModelView) -> int:
                     f"for model '{view.name}'"
                 )
             batch_size = rows
-        _check_byte_size(tensor, view.name)
+        _check_byte_size(tensor, view.name, max_element_bytes)
     missing = [name for name, spec in view.inputs.items() if name not in seen and not spec.optional]
     if missing:
         raise InvalidArgument(
@@ -144,10 +188,12 @@ def _check_inputs(call: InferCall, view: ModelView) -> int:
     return batch_size or 0
 
 
-def _check_byte_size(tensor: InputTensor, model: str) -> None:
+def _check_byte_size(tensor: InputTensor, model: str, max_element_bytes: int) -> None:
     expected = tensors.expected_byte_size(tensor.datatype, tensor.shape)
     if expected is None:
-        tensors.validate_bytes(tensor.name, tensor.data, tensors.element_count(tensor.shape))
+        tensors.validate_bytes(
+            tensor.name, tensor.data, tensors.element_count(tensor.shape), max_element_bytes
+        )
     elif len(tensor.data) != expected:
         raise InvalidInput(
             tensor.name,

@@ -17,6 +17,8 @@ from typing import Any
 
 from meshserve import __version__
 from meshserve.logs import setup_logging
+from meshserve.messaging import configure_nats
+from meshserve.security_cli import add_gateway_security_flags, add_nats_flags, gateway_security, nats_options
 from meshserve.settings import (
     DEFAULT_MAX_MESSAGE_BYTES,
     BatcherSettings,
@@ -66,6 +68,7 @@ def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
         help="deadline of requests without a 'timeout' parameter, seconds (default %(default)s)",
     )
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    add_nats_flags(p)
     p.add_argument(
         "--event-loop",
         choices=("asyncio", "uvloop"),
@@ -87,6 +90,7 @@ def _add_gateway_flags(p: argparse.ArgumentParser) -> None:
         default=_bool(env_default("strict_readiness", "true")),
         help="server ready only when every model is ready (default %(default)s)",
     )
+    add_gateway_security_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +178,7 @@ def _gateway_settings(args: argparse.Namespace, nats_url: str) -> GatewaySetting
         reuse_port=getattr(args, "reuse_port", False),
         exit_with_parent=getattr(args, "exit_with_parent", False),
         limits=_limits(args),
+        **gateway_security(args),
     )
 
 
@@ -196,6 +201,7 @@ def _run_loop(coro: Coroutine[Any, Any, None], event_loop: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.command, args.log_verbose)
+    configure_nats(nats_options(args))
     coro: Coroutine[Any, Any, None]
     if args.command == "up":
         from meshserve.launcher import run_up

@@ -21,6 +21,7 @@ from meshserve.lifecycle import close_nats
 from meshserve.messaging import connect_nats
 from meshserve.pb import mesh_pb2
 from meshserve.repository import ModelEntry
+from meshserve.security import check_model_name
 
 __all__ = ["UNLOADED_REASON", "Controller", "ModelOwner"]
 
@@ -92,6 +93,7 @@ class Controller:
         reply = mesh_pb2.ControlReply()
         try:
             request.ParseFromString(msg.data)
+            check_model_name(request.model_name)  # the gateway checked too; NATS may have other clients
             async with self._lock:  # one load/unload at a time
                 if request.load:
                     await self._load(request.model_name)

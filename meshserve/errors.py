@@ -21,7 +21,9 @@ __all__ = [
     "ModelNotFound",
     "ModelNotReady",
     "PayloadTooLarge",
+    "PermissionDenied",
     "QueueFull",
+    "Unauthenticated",
     "Unavailable",
     "Unsupported",
     "WorkerLost",
@@ -108,6 +110,22 @@ class PayloadTooLarge(MeshError):
     http_status = 413
 
 
+class Unauthenticated(MeshError):
+    """No bearer token, or one the gateway does not know (``--auth-token-file``)."""
+
+    code = "UNAUTHENTICATED"
+    grpc_status = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
+class PermissionDenied(MeshError):
+    """A valid token that does not open this endpoint (an inference token on repository control)."""
+
+    code = "PERMISSION_DENIED"
+    grpc_status = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
 class Unsupported(MeshError):
     """The call exists in the protocol but meshserve does not implement it (yet)."""
 
@@ -139,6 +157,8 @@ _BY_CODE: dict[str, type[MeshError]] = {
     "CANCELLED": Cancelled,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
     "RESOURCE_EXHAUSTED": PayloadTooLarge,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
 }
 
 

@@ -20,9 +20,11 @@ from meshserve.controller import Controller
 from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
 from meshserve.lifecycle import install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
+from meshserve.messaging import nats_options
 from meshserve.nats_server import EmbeddedNats, find_nats_server, start_nats_server
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.repository import ModelEntry, scan_repository
+from meshserve.security_cli import gateway_flags, nats_flags
 from meshserve.settings import UpSettings
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,7 @@ class Launcher:
             "--exit-with-parent",
             "--event-loop",
             s.event_loop,
+            *nats_flags(nats_options()),
         ]
         batcher = await self._spawn("batcher", ["batcher", *common])
         await self._wait_ready([batcher])
@@ -288,7 +291,7 @@ class Launcher:
             return [
                 "gateway", *common, "--model-repository", str(s.model_repository), "--host", g.host,
                 "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
-                f"--strict-readiness={str(g.strict_readiness).lower()}", *shared,
+                f"--strict-readiness={str(g.strict_readiness).lower()}", *shared, *gateway_flags(g),
             ]  # fmt: skip
 
         first = await self._spawn("gateway 0", args(g.http_port, g.grpc_port, g.metrics_port))

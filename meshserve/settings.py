@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshserve.security import AuthSettings, GrpcTls, HttpTls, RequestLimits
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "BatcherSettings",
@@ -71,6 +73,13 @@ class GatewaySettings:
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
     limits: Limits = field(default_factory=Limits)
+    # guard rails (docs/security.md): request limits, TLS, bearer tokens, a separate metrics address
+    request_limits: RequestLimits = field(default_factory=RequestLimits)
+    grpc_tls: GrpcTls = field(default_factory=GrpcTls)
+    http_tls: HttpTls = field(default_factory=HttpTls)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    metrics_address: str = ""
+    """Address the metrics port binds ("" = ``host``), Triton's ``--metrics-address``."""
 
 
 @dataclass(frozen=True, slots=True)

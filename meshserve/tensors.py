@@ -14,7 +14,7 @@ from typing import Final
 
 import numpy as np
 
-from meshserve.errors import InvalidInput
+from meshserve.errors import InvalidInput, PayloadTooLarge
 
 __all__ = [
     "DATATYPES",
@@ -186,14 +186,20 @@ def deserialize_bytes(name: str, data: bytes | memoryview, count: int) -> np.nda
     return out
 
 
-def validate_bytes(name: str, data: bytes | memoryview, count: int) -> None:
-    """Check Triton's BYTES encoding of ``count`` elements without decoding them."""
+def validate_bytes(name: str, data: bytes | memoryview, count: int, max_element_bytes: int = 0) -> None:
+    """Check Triton's BYTES encoding of ``count`` elements without decoding them; an element longer
+    than ``max_element_bytes`` (0 = no bound) is :class:`PayloadTooLarge`."""
     view = memoryview(data)
     offset, end = 0, len(view)
     for i in range(count):
         if offset + 4 > end:
             raise InvalidInput(name, f"BYTES element {i}: data ends before its 4-byte length prefix")
         (length,) = struct.unpack_from("<I", view, offset)
+        if max_element_bytes and length > max_element_bytes:
+            raise PayloadTooLarge(
+                f"input '{name}': BYTES element {i} is {length} bytes, over the limit of "
+                f"{max_element_bytes} (--max-bytes-element-bytes)"
+            )
         offset += 4 + length
         if offset > end:
             raise InvalidInput(

@@ -16,7 +16,9 @@ from meshserve.errors import (
     ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
+    PermissionDenied,
     QueueFull,
+    Unauthenticated,
     Unavailable,
     Unsupported,
     WorkerLost,
@@ -39,6 +41,8 @@ EXPECTED: dict[type[MeshError], tuple[str, grpc.StatusCode, int]] = {
     DeadlineExceeded: ("DEADLINE_EXCEEDED", grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     PayloadTooLarge: ("RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     Cancelled: ("CANCELLED", grpc.StatusCode.CANCELLED, 400),
+    Unauthenticated: ("UNAUTHENTICATED", grpc.StatusCode.UNAUTHENTICATED, 401),
+    PermissionDenied: ("PERMISSION_DENIED", grpc.StatusCode.PERMISSION_DENIED, 403),
 }
 
 
