@@ -123,6 +123,8 @@ def to_numpy(name: str, datatype: str, shape: Sequence[int], data: bytes | memor
     info = DATATYPES.get(datatype)
     if info is None:
         raise InvalidInput(name, f"unknown datatype '{datatype}'")
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(name, f"shape {list(shape)} has a negative dim")
     if datatype == "BYTES":
         return deserialize_bytes(name, data, element_count(shape)).reshape(tuple(shape))
     expected = element_count(shape) * info.itemsize
@@ -131,9 +133,11 @@ def to_numpy(name: str, datatype: str, shape: Sequence[int], data: bytes | memor
             name,
             f"unexpected byte size {len(data)}, expected {expected} for shape {list(shape)} of {datatype}",
         )
-    if info.numpy is None:  # BF16: numpy has no type; hand over the raw 16-bit words
-        return np.frombuffer(data, dtype="<u2").reshape(tuple(shape))
-    return np.frombuffer(data, dtype=info.numpy).reshape(tuple(shape))
+    dtype = info.numpy if info.numpy is not None else np.dtype("<u2")  # BF16: the raw 16-bit words
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(tuple(shape))
+    except (ValueError, OverflowError) as exc:  # an empty tensor whose other dims numpy cannot hold
+        raise InvalidInput(name, f"shape {list(shape)} cannot be held: {exc}") from None
 
 
 def from_numpy(array: np.ndarray, datatype: str | None = None) -> tuple[str, list[int], bytes]:
@@ -168,7 +172,10 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 def deserialize_bytes(name: str, data: bytes | memoryview, count: int) -> np.ndarray:
     """Decode ``count`` length-prefixed elements; a bad prefix is an :class:`InvalidInput`."""
     view = memoryview(data)
-    out = np.empty(count, dtype=object)
+    if count < 0:
+        raise InvalidInput(name, f"a BYTES tensor cannot have {count} elements")
+    # room for the elements grows with what the data really holds, never with what ``count`` claims
+    out = np.empty(min(count, len(view) // 4), dtype=object)
     offset, end = 0, len(view)
     for i in range(count):
         if offset + 4 > end:
@@ -183,7 +190,7 @@ def deserialize_bytes(name: str, data: bytes | memoryview, count: int) -> np.nda
         offset += length
     if offset != end:
         raise InvalidInput(name, f"{end - offset} bytes left over after {count} BYTES elements")
-    return out
+    return out  # every element took >= 4 bytes, so ``count`` fit in ``out``
 
 
 def validate_bytes(name: str, data: bytes | memoryview, count: int, max_element_bytes: int = 0) -> None:

@@ -348,3 +348,19 @@ def test_element_count() -> None:
     assert element_count([]) == 1
     assert element_count([2, 3, 4]) == 24
     assert element_count([5, 0]) == 0
+
+
+# found by tests/unit/test_properties.py: a shape no data could fill made numpy raise (a 500) or try to
+# allocate the claimed element count before looking at the data
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data"),
+    [
+        ("BYTES", [-1], b""),
+        ("BYTES", [5, 2**40], b"\0\0\0\0"),
+        ("FP32", [0, 2**70], b""),
+        ("INT8", [-2, -3], b"\0" * 6),
+    ],
+)
+def test_shapes_no_data_can_fill_are_invalid_input(datatype: str, shape: list[int], data: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        to_numpy("X", datatype, shape, data)
