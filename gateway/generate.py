@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gateway.http_codec import tensor_json_values
+from gateway.json_body import loads_checked
 from gateway.models import ModelView, TensorSpec
 from gateway.validate import InferCall, InputTensor, ParamValue
 from meshserve import tensors
@@ -70,13 +71,11 @@ NOT_ONE_RESPONSE = (
 def parse_generate_body(body: bytes) -> dict[str, Any]:
     """The request JSON object; a key given twice is refused (Triton: "… already exists in request")."""
     try:
-        value = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        value = loads_checked(body, "the generate request JSON", object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as exc:
         raise InvalidArgument(f"'{exc.key}' appears more than once in the generate request") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"failed to parse the generate request JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidArgument("failed to parse the generate request JSON: it is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"the generate request must be a JSON object, got {_json_type(value)}")
     return value

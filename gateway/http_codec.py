@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.json_body import loads_checked
 from gateway.models import ModelView
 from gateway.validate import InferCall, InputTensor, ParamValue, check_counts, check_tensor_size
 from meshserve import tensors
@@ -57,11 +58,9 @@ def decode_infer(
 
 def _parse_json(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        value = loads_checked(raw, "the request JSON")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"failed to parse the request JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidArgument("failed to parse the request JSON: it is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidArgument("the request JSON must be an object")
     return value

@@ -17,6 +17,7 @@ from gateway.auth import http_auth_middleware
 from gateway.core import InferenceCore
 from gateway.generate import decode_generate, generate_events, generate_one, sse_event
 from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
+from gateway.json_body import loads_checked
 from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
 from meshserve.model_config import config_to_json
 
@@ -109,7 +110,7 @@ def build_app(core: InferenceCore) -> web.Application:
         ready_only = False
         if body.strip():
             try:
-                ready_only = bool(json.loads(body).get("ready", False))
+                ready_only = bool(loads_checked(body, "the repository index body").get("ready", False))
             except (ValueError, AttributeError):
                 raise InvalidArgument("the repository index body must be a JSON object") from None
         return _json(core.repository_index(ready_only))
@@ -119,7 +120,7 @@ def build_app(core: InferenceCore) -> web.Application:
         overrides = False
         if body.strip():
             try:
-                overrides = bool(json.loads(body).get("parameters"))
+                overrides = bool(loads_checked(body, "the load request body").get("parameters"))
             except (ValueError, AttributeError):
                 raise InvalidArgument("the load request body must be a JSON object") from None
         await core.control(request.match_info["model"], load=True, with_overrides=overrides)

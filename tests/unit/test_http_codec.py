@@ -460,3 +460,25 @@ def test_bf16_and_fp16_outputs_as_json_numbers() -> None:
     outputs = json.loads(raw)["outputs"]
     assert outputs[0]["data"] == [1.5, -2.0]
     assert outputs[1]["data"] == [0.5]
+
+
+# found by tests/unit/test_properties.py: valid JSON, but a lone surrogate escape cannot become UTF-8
+# (UnicodeEncodeError → 500), and nesting past the parser's recursion guard (RecursionError → 500)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "\\ud800", "inputs": []}',
+        b'{"inputs": [{"name": "IN", "datatype": "BYTES", "shape": [1, 1], "data": ["\\udc00"]}]}',
+        b'{"inputs": [], "parameters": {"\\uDBFF": 1}}',
+        b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
+def test_json_that_is_not_unicode_text_or_too_deep_is_invalid_argument(body: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="surrogate|nested too deeply"):
+        decode_infer(body, None, one_input("TYPE_STRING", "-1"))
+
+
+def test_surrogate_pairs_are_text() -> None:
+    body = b'{"inputs": [{"name": "IN", "datatype": "BYTES", "shape": [1, 1], "data": ["\\ud83d\\ude00"]}]}'
+    decoded = decode_infer(body, None, one_input("TYPE_STRING", "-1"))
+    assert bytes(decoded.call.inputs[0].data)[4:] == "\U0001f600".encode()
