@@ -12,6 +12,7 @@ from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.auth import http_auth_middleware
 from gateway.core import InferenceCore
@@ -45,6 +46,11 @@ def _make_error_middleware(max_body_bytes: int) -> Any:
             return await handler(request)
         except MeshError as exc:
             return _error(exc.http_status, exc.message)
+        except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not
+            # the connection closes after the answer: its parser state is not to be trusted
+            response = _error(400, f"the request body cannot be read: {exc}")
+            response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             return _error(
                 413,
@@ -60,6 +66,21 @@ def _make_error_middleware(max_body_bytes: int) -> Any:
             return _error(500, f"{type(exc).__name__}: {exc}")
 
     return errors
+
+
+def _client_fault_in_one_line(record: logging.LogRecord) -> bool:
+    """aiohttp logs a malformed request (header over --http-max-header-bytes, too many headers, a body
+    that cannot be decoded while it drains one the handler did not read) with a traceback at ERROR.
+    The client has its 400 and the connection is closed: one INFO line is what it is worth."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+        record.msg, record.args = "refused a malformed HTTP request: %s", (str(exc).replace("\n", " "),)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_client_fault_in_one_line)
 
 
 def _wants_compression(request: web.Request) -> bool:
