@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from gateway.auth import GrpcAuthInterceptor
 from gateway.core import InferenceCore
 from gateway.dispatcher import Dispatcher
+from gateway.grpc_parse import ParseRequestsInterceptor
 from gateway.grpc_service import InferenceServicer
 from gateway.http_service import build_app
 from gateway.metrics import build_registry, start_metrics_server
@@ -57,10 +58,13 @@ async def run(settings: GatewaySettings) -> None:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+            # gRPC has a soft limit (refuses with a probability growing past it) and a hard one
             ("grpc.max_metadata_size", request_limits.grpc_max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", request_limits.grpc_max_metadata_bytes),
             ("grpc.max_concurrent_streams", request_limits.grpc_max_concurrent_streams),
         ],
-        interceptors=[GrpcAuthInterceptor(settings.auth)],
+        # auth first: a refused call is not even parsed
+        interceptors=[GrpcAuthInterceptor(settings.auth), ParseRequestsInterceptor()],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), grpc_server)
     grpc_address = f"{settings.host}:{settings.grpc_port}"
