@@ -13,7 +13,7 @@ file itself: the core does not import onnx or onnxruntime.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from google.protobuf import json_format, text_format
@@ -132,6 +132,7 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
     if config.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size must be >= 0, got {config.max_batch_size}")
     _check_tensors(config, source)
+    _check_file_names(config, source)
     if config.HasField("dynamic_batching") and config.max_batch_size > 0:
         for size in config.dynamic_batching.preferred_batch_size:
             if not 0 < size <= config.max_batch_size:
@@ -148,6 +149,21 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
             group.count = 1
         if not group.name:
             group.name = config.name
+
+
+def _check_file_names(config: mc.ModelConfig, source: str) -> None:
+    """Files a config names (the model file, warm-up data) stay inside the model's directory: a
+    relative path without ``..``, so ``model.py`` is only ever loaded from the repository."""
+    named = [("default_model_filename", config.default_model_filename)] + [
+        (f"model_warmup input '{key}' input_data_file", spec.input_data_file)
+        for sample in config.model_warmup
+        for key, spec in sample.inputs.items()
+        if spec.WhichOneof("input_data_type") == "input_data_file"
+    ]
+    for what, name in named:
+        path = PurePosixPath(name.replace("\\", "/"))
+        if "\0" in name or path.is_absolute() or ".." in path.parts:
+            raise ConfigError(f"{source}: {what} '{name}' must be a path inside the model directory")
 
 
 def _check_tensors(config: mc.ModelConfig, source: str) -> None:

@@ -14,7 +14,7 @@ from gateway.models import ModelView
 from gateway.validate import InferCall, InputTensor, build_request
 from meshserve.cli import _gateway_settings, build_parser
 from meshserve.errors import InvalidArgument, InvalidInput, PayloadTooLarge, PermissionDenied, Unauthenticated
-from meshserve.model_config import complete_config, parse_config
+from meshserve.model_config import ConfigError, complete_config, parse_config
 from meshserve.security import AuthSettings, Need, RequestLimits, check_model_name, check_token, read_tokens
 from meshserve.security_cli import gateway_flags
 
@@ -210,3 +210,23 @@ def test_a_body_nested_past_the_parser_limit_is_a_client_error() -> None:
     body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(InvalidArgument, match="nested too deeply"):
         decode_infer(body, None, _view())
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'default_model_filename: "../../outside.py"',
+        'default_model_filename: "/etc/model.py"',
+        'default_model_filename: "sub\\\\..\\\\..\\\\x.py"',
+        'model_warmup [{ name: "w" batch_size: 1 inputs { key: "T" value: { data_type: TYPE_STRING dims: [1] input_data_file: "../../secret" } } }]',
+    ],
+)
+def test_a_config_cannot_name_files_outside_its_model_directory(line: str) -> None:
+    config = parse_config(TEXT + line)
+    with pytest.raises(ConfigError, match="must be a path inside the model directory"):
+        complete_config(config, "m")
+
+
+def test_files_inside_the_model_directory_are_fine() -> None:
+    config = parse_config(TEXT + 'default_model_filename: "sub/model.py"')
+    complete_config(config, "m")
