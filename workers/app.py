@@ -16,6 +16,7 @@ from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.model_config import complete_config, config_from_bytes, config_to_json, load_config
+from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.settings import WorkerSettings
@@ -118,6 +119,8 @@ async def _load(
 async def run(settings: WorkerSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, f"worker-{settings.model_name}-{settings.instance_index}")
+    # NATS is reachable now, so is the route to it that a wildcard --host announces
+    host = advertised_host(settings.host, settings.advertise_host, settings.nats_url)
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     announcer = Announcer(nc, settings, address="")  # the batch endpoint opens once the model is loaded
     server: BatchServer | None = None
@@ -142,7 +145,7 @@ async def run(settings: WorkerSettings) -> None:
                 )
                 server = BatchServer(executor, settings.limits.frame_bytes)
                 port = await server.start(settings.host, settings.port)
-                announcer.message.address = f"{settings.host}:{port}"
+                announcer.message.address = f"{host}:{port}"
                 await announcer.publish(mesh_pb2.READY, "")
             announce_ready(
                 "worker",
