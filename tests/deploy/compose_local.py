@@ -169,15 +169,15 @@ def meshserve_argv(command: list[str]) -> list[str]:
     return [sys.executable, "-m", "meshserve.cli", *command]
 
 
-def wait_port(port: int, timeout_s: float) -> None:
+def wait_port(port: int, timeout_s: float, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout_s}s")
 
 
 def stop_all(procs: list[Proc], timeout_s: float = 30.0) -> dict[str, int]:
