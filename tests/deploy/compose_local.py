@@ -194,3 +194,31 @@ def stop_all(procs: list[Proc], timeout_s: float = 30.0) -> dict[str, int]:
             os.killpg(proc.process.pid, signal.SIGKILL)
             codes[proc.name] = proc.process.wait(10)
     return codes
+
+
+def start_services(
+    localizer: Localizer,
+    names: list[str],
+    base_env: dict[str, str],
+    nats_server: str,
+    extra_args: dict[str, list[str]] | None = None,
+) -> list[Proc]:
+    """``nats`` first (nats-server with the service's arguments), then ``names`` in order, as
+    ``python -m meshserve.cli <command>``; waits for each one's ready line.  ``extra_args`` appends
+    arguments to a service's command (what an override file would do).  On failure stops what started."""
+    scratch = localizer.scratch
+    procs: list[Proc] = []
+    try:
+        nats = [nats_server, *localizer.command("nats")]
+        procs.append(spawn("nats", nats, {}, scratch / "nats.log", Path.cwd()))
+        wait_port(localizer.ports["nats"][4222], 20)
+        for name in names:
+            argv = meshserve_argv([*localizer.command(name), *(extra_args or {}).get(name, [])])
+            env = localizer.environment(name, base_env)
+            procs.append(spawn(name, argv, env, scratch / f"{name}.log", Path.cwd()))
+        for proc in procs[1:]:
+            proc.wait_ready(180)
+    except BaseException:
+        stop_all(procs)
+        raise
+    return procs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import sys
 import urllib.request
@@ -32,10 +33,8 @@ from tests.deploy.compose_local import (
     dockerfile_directives,
     image_env,
     load_compose,
-    meshserve_argv,
-    spawn,
+    start_services,
     stop_all,
-    wait_port,
 )
 
 DEPLOY = ROOT / "deploy"
@@ -141,20 +140,11 @@ def compose_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeMe
     scratch = tmp_path_factory.mktemp("compose")
     compose = load_compose(COMPOSE)
     localizer = Localizer(DEPLOY, compose["services"], scratch, environ={})
-    base_env = {**__import__("os").environ, **image_env(DOCKERFILE)}
-    procs: list[Proc] = []
+    base_env = {**os.environ, **image_env(DOCKERFILE)}
+    services = meshserve_services(compose)
+    order = ["batcher", "gateway"] + [s for s in services if s not in ("batcher", "gateway")]
+    procs = start_services(localizer, order, base_env, find_nats_server(None))
     try:
-        nats = localizer.command("nats")
-        procs.append(spawn("nats", [find_nats_server(None), *nats], {}, scratch / "nats.log", ROOT))
-        wait_port(localizer.ports["nats"][4222], 20)
-        services = meshserve_services(compose)
-        order = ["batcher", "gateway"] + [s for s in services if s not in ("batcher", "gateway")]
-        for name in order:
-            argv = meshserve_argv(localizer.command(name))
-            env = localizer.environment(name, base_env)
-            procs.append(spawn(name, argv, env, scratch / f"{name}.log", ROOT))
-        for proc in procs[1:]:
-            proc.wait_ready(180)
         yield ComposeMesh(localizer, procs)
     finally:
         codes = stop_all(procs)
