@@ -181,18 +181,19 @@ def wait_port(port: int, timeout_s: float, host: str = "127.0.0.1") -> None:
 
 
 def stop_all(procs: list[Proc], timeout_s: float = 30.0) -> dict[str, int]:
-    """SIGTERM every process at once (as a pod deletion or ``docker compose kill -s TERM`` does), then
-    wait; kill what does not stop.  Exit codes by name."""
-    for proc in reversed(procs):
-        if proc.process.poll() is None:
-            proc.process.send_signal(signal.SIGTERM)
+    """Stop as ``docker compose down`` does, dependents before what they depend on: SIGTERM every
+    meshserve service at once, wait, then NATS (``procs[0]``); kill what does not stop.  Exit codes."""
     codes: dict[str, int] = {}
-    for proc in reversed(procs):
-        try:
-            codes[proc.name] = proc.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.process.pid, signal.SIGKILL)
-            codes[proc.name] = proc.process.wait(10)
+    for group in (procs[1:], procs[:1]):
+        for proc in group:
+            if proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGTERM)
+        for proc in group:
+            try:
+                codes[proc.name] = proc.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.process.pid, signal.SIGKILL)
+                codes[proc.name] = proc.process.wait(10)
     return codes
 
 

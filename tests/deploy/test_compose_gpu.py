@@ -48,4 +48,5 @@ def test_gpu_worker_from_the_compose_command_serves_on_cuda(tmp_path) -> None:
         assert " on cuda:0" in (tmp_path / "worker-linear-torch.log").read_text()  # the backend's load line
     finally:
         codes = stop_all(procs)
-    assert all(code == 0 for code in codes.values()), codes
+    failed = {name: code for name, code in codes.items() if code != 0}
+    assert not failed, {n: (tmp_path / f"{n}.log").read_text()[-2000:] for n in failed}

@@ -138,4 +138,5 @@ def test_worker_in_another_namespace_serves_through_the_mesh(link: Link, tmp_pat
         assert f"batcher connected from ('{link.host_address}'" in (tmp_path / "worker.log").read_text()
     finally:
         codes = stop_all(procs)
-    assert all(code == 0 for code in codes.values()), codes
+    failed = {name: code for name, code in codes.items() if code != 0}
+    assert not failed, {n: (tmp_path / f"{n}.log").read_text()[-2000:] for n in failed}
