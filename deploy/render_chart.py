@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default=NAMESPACE)
     args = parser.parse_args(argv)
     values = yaml.safe_load(args.values.read_text()) if args.values else None
-    text = HEADER + render(values, args.release, args.namespace)
+    header = HEADER if values is None else f"# Rendered from deploy/helm/meshserve with {args.values}.\n"
+    text = header + render(values, args.release, args.namespace)
     if args.output == "-":
         sys.stdout.write(text)
     else:
