@@ -3,8 +3,8 @@
 It reads the service's command line from ``/proc/<pid>/cmdline`` (PID 1 in a container) and checks:
 
 - ``gateway`` / ``up``: ``GET /v2/health/live`` on the gateway's HTTP port answers 200;
-- ``batcher`` / ``worker``: the process holds an established TCP connection to the NATS port (they
-  have no HTTP endpoint; without NATS they can neither take nor announce work).
+- ``batcher`` / ``worker``: the process itself holds an established TCP connection to the NATS port
+  (they have no HTTP endpoint; without NATS they can neither take nor announce work).
 
 Exit 0 = healthy, 1 = unhealthy (Docker's contract), with one line saying why.
 Usage: ``python healthcheck.py [--pid PID]``.
@@ -47,14 +47,30 @@ def nats_port(nats_url: str) -> int:
     return urlsplit(first if "://" in first else f"nats://{first}").port or 4222
 
 
-def established_to(port: int, tables: Sequence[str]) -> bool:
-    """Whether ``/proc/net/tcp``-format tables list an established connection to remote ``port``."""
+def established_to(port: int, tables: Sequence[str], inodes: set[str] | None = None) -> bool:
+    """Whether ``/proc/net/tcp``-format tables list an established connection to remote ``port``
+    (owned by one of the socket ``inodes``, when given)."""
     for table in tables:
         for line in table.splitlines()[1:]:
             fields = line.split()
-            if len(fields) > 3 and fields[3] == ESTABLISHED and int(fields[2].rsplit(":", 1)[1], 16) == port:
+            if len(fields) < 10 or fields[3] != ESTABLISHED:
+                continue
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and (inodes is None or fields[9] in inodes):
                 return True
     return False
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets the process holds (``/proc/<pid>/fd/* -> socket:[inode]``)."""
+    inodes: set[str] = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -81,7 +97,7 @@ def check(pid: int) -> str:
             return f"{url}: {exc}"
     port_n = nats_port(flag(argv, "--nats-url", environ, "nats://127.0.0.1:4222"))
     tables = [Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6")]
-    if established_to(port_n, tables):
+    if established_to(port_n, tables, socket_inodes(pid)):
         return ""
     return f"{service}: no established connection to NATS port {port_n}"
 

@@ -224,6 +224,28 @@ def test_image_healthcheck_passes_for_every_service(compose_mesh: ComposeMesh) -
         assert check.stdout.strip() == "healthy"
 
 
+def test_healthcheck_reports_a_batcher_without_its_own_nats_connection(compose_mesh: ComposeMesh) -> None:
+    import subprocess
+
+    # the other services are connected to this NATS port, but this process is not
+    fake = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "batcher"],
+        env={"MESHSERVE_NATS_URL": f"nats://127.0.0.1:{compose_mesh.port('nats', 4222)}"},
+    )
+    try:
+        check = subprocess.run(
+            [sys.executable, str(DEPLOY / "healthcheck.py"), "--pid", str(fake.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        fake.kill()
+        fake.wait()
+    assert check.returncode == 1
+    assert f"no established connection to NATS port {compose_mesh.port('nats', 4222)}" in check.stdout
+
+
 def test_healthcheck_reports_a_gateway_that_does_not_answer(tmp_path: Path) -> None:
     import subprocess
 
