@@ -110,13 +110,40 @@ def test_every_model_of_the_example_repository_has_a_worker_service() -> None:
     assert served == wanted
 
 
-def test_dashboard_queries_only_metric_families_the_gateway_defines() -> None:
-    defined = set(
-        re.findall(r'= "((?:nv|meshserve)_[a-z_]+)"', (ROOT / "gateway" / "metrics.py").read_text())
-    )
+def defined_metrics() -> set[str]:
+    """Metric family names the gateway and the batcher define (their modules spell each once)."""
+    sources = [ROOT / "gateway" / "metrics.py", ROOT / "batcher" / "metrics.py"]
+    return {
+        name for path in sources for name in re.findall(r'= "((?:nv|meshserve)_[a-z_]+)"', path.read_text())
+    }
+
+
+def test_dashboard_queries_only_metric_families_the_services_define() -> None:
+    defined = defined_metrics()
     used = set(METRIC_NAME.findall(DASHBOARD.read_text()))
-    families = {m if m in defined else re.sub(r"_(sum|count|bucket)$", "", m) for m in used}
+    families = {m if m in defined else re.sub(r"_(sum|count|bucket|total)$", "", m) for m in used}
     assert families and families <= defined, families - defined
+    assert {"meshserve_queue_depth", "nv_inference_pending_request_count"} <= families
+
+
+def test_prometheus_scrapes_the_metrics_port_of_the_gateway_and_every_batcher() -> None:
+    import yaml
+
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    services = load_compose(COMPOSE)["services"]
+
+    def metrics_port(service: str) -> int:
+        command = services[service]["command"]
+        return int(command[command.index("--metrics-port") + 1])
+
+    assert jobs["meshserve-gateway"]["static_configs"] == [
+        {"targets": [f"gateway:{metrics_port('gateway')}"]}
+    ]
+    (batchers,) = jobs["meshserve-batcher"]["dns_sd_configs"]
+    assert (batchers["names"], batchers["port"]) == (["batcher"], metrics_port("batcher"))
+    assert str(metrics_port("batcher")) in services["batcher"]["expose"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,13 +228,16 @@ def test_dashboard_metrics_are_exported_after_requests(compose_mesh: ComposeMesh
         tensor.set_data_from_numpy(a)
     grpc.infer("simple", inputs)
     grpc.close()
-    url = f"http://127.0.0.1:{compose_mesh.port('gateway', 8002)}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        exported = response.read().decode()
+    exported = ""
+    for service, port in (("gateway", 8002), ("batcher", 8003)):
+        url = f"http://127.0.0.1:{compose_mesh.port(service, port)}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            exported += response.read().decode()
     samples = {line.split("{")[0].split(" ")[0] for line in exported.splitlines() if not line.startswith("#")}
     used = set(METRIC_NAME.findall(DASHBOARD.read_text()))
     assert used <= samples, used - samples
     assert 'nv_inference_request_success{model="simple",version="1"}' in exported
+    assert 'meshserve_queue_depth{model="simple",version="1"}' in exported
 
 
 def test_image_healthcheck_passes_for_every_service(compose_mesh: ComposeMesh) -> None:
