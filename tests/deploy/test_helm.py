@@ -24,9 +24,12 @@ from deploy.render_chart import CHART, HEADER, RENDERED, documents, render  # no
 KUBERNETES_VERSION = "1.37.0"
 """Newest schemas kubernetes-validate ships (pinned in pyproject.toml's test extra)."""
 CRDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
-GATEWAY_METRICS = set(
-    re.findall(r'= "((?:nv|meshserve)_[a-z_]+)"', (ROOT / "gateway" / "metrics.py").read_text())
-)
+SERVICE_METRICS = {
+    name
+    for path in (ROOT / "gateway" / "metrics.py", ROOT / "batcher" / "metrics.py")
+    for name in re.findall(r'= "((?:nv|meshserve)_[a-z_]+)"', path.read_text())
+}
+"""Metric family names the gateway and the batcher define (their modules spell each once)."""
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -141,8 +144,8 @@ def test_scale_to_zero_keeps_gateways_in_service_and_adds_the_wake_schedule() ->
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/v2/health/live"
     scaled = by_kind(docs, "ScaledObject")["meshserve-worker-simple-v1"]
     assert scaled["spec"]["minReplicaCount"] == 0
-    assert [t["type"] for t in scaled["spec"]["triggers"]] == ["prometheus", "cron"]
-    assert scaled["spec"]["triggers"][0]["metadata"]["activationThreshold"] == "1"
+    assert [t["type"] for t in scaled["spec"]["triggers"]] == ["prometheus", "prometheus", "cron"]
+    assert scaled["spec"]["triggers"][1]["metadata"]["activationThreshold"] == "1"
 
 
 def test_termination_grace_covers_each_services_drain() -> None:
@@ -216,39 +219,60 @@ def test_scaled_objects_have_the_shape_keda_reads(variant: str) -> None:
             assert trigger["type"] in ("prometheus", "cron")
             # KEDA reads every trigger metadata value as a string
             assert all(isinstance(v, str) for v in trigger["metadata"].values()), trigger
-        prom = spec["triggers"][0]["metadata"]
-        assert set(prom) == {"serverAddress", "query", "threshold", "activationThreshold"}
-        float(prom["threshold"]), float(prom["activationThreshold"])
-        model = container(deployments[name])["args"]
-        assert f'model="{model[model.index("--model-name") + 1]}"' in prom["query"]
-        assert set(re.findall(r"\b(nv_[a-z_]+|meshserve_[a-z_]+)\b", prom["query"])) <= GATEWAY_METRICS
-        host = prom["serverAddress"].split("//")[1].split(".")[0]
-        if VARIANTS[variant].get("prometheus", {}).get("enabled", True):
-            assert host in services and services[host]["spec"]["ports"][0]["port"] == 9090
+        prometheus = [t["metadata"] for t in spec["triggers"] if t["type"] == "prometheus"]
+        families = set()
+        for prom in prometheus:
+            assert set(prom) == {"serverAddress", "query", "threshold", "activationThreshold"}
+            float(prom["threshold"]), float(prom["activationThreshold"])
+            model = container(deployments[name])["args"]
+            assert f'model="{model[model.index("--model-name") + 1]}"' in prom["query"]
+            families |= set(re.findall(r"\b(nv_[a-z_]+|meshserve_[a-z_]+)\b", prom["query"]))
+            host = prom["serverAddress"].split("//")[1].split(".")[0]
+            if VARIANTS[variant].get("prometheus", {}).get("enabled", True):
+                assert host in services and services[host]["spec"]["ports"][0]["port"] == 9090
+        # the batchers' backlog and the gateways' requests in flight, both exported by the services
+        assert families == {"meshserve_queue_depth", "nv_inference_pending_request_count"}
+        assert families <= SERVICE_METRICS
 
 
-def test_bundled_prometheus_scrapes_every_gateway_pod() -> None:
+def test_bundled_prometheus_scrapes_every_gateway_and_batcher_pod() -> None:
     import yaml
 
     docs = rendered("defaults")
     config = yaml.safe_load(by_kind(docs, "ConfigMap")["meshserve-prometheus"]["data"]["prometheus.yml"])
-    (job,) = config["scrape_configs"]
-    (sd,) = job["dns_sd_configs"]
-    headless = by_kind(docs, "Service")["meshserve-gateway-metrics"]
-    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
-    assert sd["names"] == ["meshserve-gateway-metrics.meshserve.svc.cluster.local"]
-    assert sd["port"] == headless["spec"]["ports"][0]["port"] == 8002
-    gateway = container(by_kind(docs, "Deployment")["meshserve-gateway"])
-    assert gateway["args"][gateway["args"].index("--metrics-port") + 1] == "8002"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"meshserve-gateway", "meshserve-batcher"}
+    deployments = by_kind(docs, "Deployment")
+    for part in ("gateway", "batcher"):
+        (sd,) = jobs[f"meshserve-{part}"]["dns_sd_configs"]
+        headless = by_kind(docs, "Service")[f"meshserve-{part}-metrics"]
+        assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+        assert sd["names"] == [f"meshserve-{part}-metrics.meshserve.svc.cluster.local"]
+        args = container(deployments[f"meshserve-{part}"])["args"]
+        assert (
+            sd["port"] == headless["spec"]["ports"][0]["port"] == int(args[args.index("--metrics-port") + 1])
+        )
+        assert (
+            headless["spec"]["selector"].items()
+            <= deployments[f"meshserve-{part}"]["spec"]["template"]["metadata"]["labels"].items()
+        )
 
 
 def test_service_monitor_selects_the_gateway_metrics_service() -> None:
     docs = rendered("external-nats-operator")
     (monitor,) = by_kind(docs, "ServiceMonitor").values()
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
-    headless = by_kind(docs, "Service")["meshserve-gateway-metrics"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items()
-    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [headless["spec"]["ports"][0]["name"]]
+    services = by_kind(docs, "Service")
+    selected = [
+        name
+        for name, svc in services.items()
+        if monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    ]
+    assert sorted(selected) == ["meshserve-batcher-metrics", "meshserve-gateway-metrics"]
+    for name in selected:
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == [
+            services[name]["spec"]["ports"][0]["name"]
+        ]
     assert by_kind(docs, "StatefulSet") == {}  # external NATS: none of ours
     worker = container(by_kind(docs, "Deployment")["meshserve-worker-simple-v1"])
     assert {"name": "MESHSERVE_NATS_URL", "value": "nats://nats.infra:4222"} in worker["env"]
