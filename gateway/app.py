@@ -15,6 +15,7 @@ from gateway.grpc_service import InferenceServicer
 from gateway.http_service import build_app
 from gateway.metrics import build_registry, start_metrics_server
 from gateway.models import ModelTable
+from gateway.peers import GatewayPeers
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
@@ -47,6 +48,8 @@ async def run(settings: GatewaySettings) -> None:
     await nc.subscribe(subjects.worker_announce(), cb=on_announce)
     await nc.publish(subjects.worker_query(), b"")
     core = InferenceCore(settings, models, Dispatcher(nc))
+    core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
+    await core.peers.start()
 
     limit = settings.limits.grpc_message_bytes
     grpc_server = grpc.aio.server(
@@ -88,6 +91,7 @@ async def run(settings: GatewaySettings) -> None:
         await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
         await runner.cleanup()
         await metrics_runner.cleanup()
+        await core.peers.stop()
         await close_nats(nc)
 
 

@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument(
         "--reuse-port", action="store_true", help="bind with SO_REUSEPORT so several gateways share the ports"
     )
+    gw.add_argument(
+        "--stats-collect-timeout-secs",
+        type=float,
+        default=float(env_default("stats_collect_timeout_secs", "1.0")),
+        help="how long a statistics call waits for the other gateways' counts (default %(default)s)",
+    )
 
     b = sub.add_parser("batcher", help="run one batcher")
     _add_common(b, nats_required=True)
@@ -173,6 +179,7 @@ def _gateway_settings(args: argparse.Namespace, nats_url: str) -> GatewaySetting
         strict_readiness=args.strict_readiness,
         reuse_port=getattr(args, "reuse_port", False),
         exit_with_parent=getattr(args, "exit_with_parent", False),
+        stats_collect_timeout_s=getattr(args, "stats_collect_timeout_secs", 1.0),
         limits=_limits(args),
     )
 

@@ -70,6 +70,8 @@ class GatewaySettings:
     """A worker silent for this long no longer counts toward a model's readiness."""
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
+    stats_collect_timeout_s: float = 1.0
+    """How long a statistics call waits for the other gateways' counts (``gateway/peers.py``)."""
     limits: Limits = field(default_factory=Limits)
 
 
