@@ -76,7 +76,9 @@ class InferenceCore:
                 prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
             )
             if view.ensemble is not None:  # the gateway runs the pipeline (gateway/ensemble.py)
-                response = await self._ensembles.run(view, prepared.message, timeout_s)
+                response = await self._ensembles.run(
+                    view, prepared.message, timeout_s, step_timing=wants_timing(call.parameters)
+                )
             else:
                 response = await self._dispatcher.infer(prepared.message, timeout_s)
         except MeshError as exc:

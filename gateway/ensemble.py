@@ -12,6 +12,9 @@ keeps its code and names the ensemble and the step model; the steps still runnin
 Each step is counted in the step model's statistics, as Triton counts composing models; the
 ensemble request itself is counted by the caller (``InferenceCore``).
 
+With the request parameter ``meshserve_timing`` the response also carries, per step, the int64
+parameter ``meshserve_step<N>_ns``: that step's round trip as the gateway saw it (N as in the config).
+
 Bounds: at most one request in flight per step (a step runs once per ensemble request); every step
 waits at most until the ensemble request's deadline; the tensors held for one request (inputs plus
 every step's outputs) are capped at ``4 x --max-message-bytes`` (beyond: RESOURCE_EXHAUSTED).
@@ -57,7 +60,7 @@ class EnsembleRunner:
         self._max_message_bytes = max_message_bytes
 
     async def run(
-        self, view: ModelView, request: mesh_pb2.InferRequest, timeout_s: float
+        self, view: ModelView, request: mesh_pb2.InferRequest, timeout_s: float, step_timing: bool = False
     ) -> mesh_pb2.InferResponse:
         """The ensemble's response to ``request`` (already validated against the ensemble's inputs)."""
         plan = view.ensemble
@@ -70,18 +73,22 @@ class EnsembleRunner:
         will_exist = set(pool) | {tensor for step in plan.steps for _, tensor in step.outputs}
         waiting = list(plan.steps)
         running: dict[asyncio.Task[dict[str, _Held]], Step] = {}
+        started: dict[int, int] = {}
+        took: dict[int, int] = {}
         try:
             while waiting or running:
                 for step in [s for s in waiting if _can_start(s, pool, will_exist)]:
                     waiting.remove(step)
                     task = asyncio.create_task(self._call_step(plan, step, request, pool, deadline))
                     running[task] = step
+                    started[step.index] = time.perf_counter_ns()
                 if not running:
                     names = ", ".join(s.label for s in waiting)
                     raise Internal(f"ensemble '{plan.name}': {names} can never start (inputs missing)")
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     step = running.pop(task)
+                    took[step.index] = time.perf_counter_ns() - started[step.index]
                     for output, tensor in step.outputs:
                         produced = task.result().get(output)
                         if produced is None:
@@ -99,7 +106,11 @@ class EnsembleRunner:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-        return _response(view, plan, request, pool)
+        response = _response(view, plan, request, pool)
+        if step_timing:
+            for index, ns in sorted(took.items()):
+                response.parameters[f"meshserve_step{index}_ns"].int64_param = ns
+        return response
 
     async def _call_step(
         self,

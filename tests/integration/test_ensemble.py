@@ -5,6 +5,7 @@ of tests/models show UNAVAILABLE with their reason; a failing step fails the req
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from meshserve.harness import Mesh, wait_for
+from meshserve.harness import ROOT, Mesh, start_mesh, wait_for
 
 CLIENTS: list[Any] = [grpcclient, httpclient]
 
@@ -77,6 +78,22 @@ def test_pipeline_metadata_config_index_and_stats(mesh: Mesh) -> None:
     client.infer("simple_pipeline", _pipeline_inputs(grpcclient, a, a))
     assert counts("simple_pipeline")[0] == before_ens[0] + 1
     assert counts("cast_fp32")[0] == before_cast[0] + 2  # its two steps count in the step model's stats
+
+
+def test_pipeline_reports_each_steps_time_when_asked(mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    a = np.ones((1, 16), dtype=np.int32)
+    result = client.infer(
+        "simple_pipeline", _pipeline_inputs(grpcclient, a, a), parameters={"meshserve_timing": True}
+    )
+    params = result.get_response().parameters
+    steps = [params[f"meshserve_step{i}_ns"].int64_param for i in (1, 2, 3, 4)]
+    assert all(ns > 0 for ns in steps)
+    assert sum(steps) <= params["meshserve_gateway_ns"].int64_param * 2  # steps 2 and 3 overlap
+    assert (
+        "meshserve_step1_ns"
+        not in client.infer("simple_pipeline", _pipeline_inputs(grpcclient, a, a)).get_response().parameters
+    )
 
 
 def test_pipeline_checks_its_inputs_like_any_model(mesh: Mesh) -> None:
@@ -148,3 +165,41 @@ def test_the_request_deadline_bounds_the_steps(mesh: Mesh) -> None:
     assert "slow" in info.value.message()
     ok = client.infer("ens_slow", [tensor], client_timeout=15)
     np.testing.assert_array_equal(ok.as_numpy("Y"), np.ones((1, 4), np.float32))
+
+
+@pytest.fixture(scope="module")
+def explicit_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    base = tmp_path_factory.mktemp("explicit-ensemble")
+    repository = base / "models"
+    repository.mkdir()
+    for name in ("simple", "cast_fp32", "add_sub_onnx", "simple_pipeline"):
+        (repository / name).symlink_to(ROOT / "examples" / "model_repository" / name)
+    mesh = start_mesh(
+        repository, base / "mesh.log", "--model-control-mode", "explicit", "--load-model", "simple"
+    )
+    try:
+        yield mesh
+    finally:
+        assert mesh.stop() == 0
+
+
+def test_loading_an_ensemble_loads_its_step_models(explicit_mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
+
+    def index() -> dict[str, dict[str, str]]:
+        return {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+
+    assert wait_for(lambda: index()["simple_pipeline"]["state"] == "UNAVAILABLE", timeout_s=15)
+    assert not client.is_model_ready("simple_pipeline")
+    client.load_model("simple_pipeline")
+    assert client.is_model_ready("simple_pipeline")
+    assert client.is_model_ready("cast_fp32") and client.is_model_ready("add_sub_onnx")
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    result = client.infer("simple_pipeline", _pipeline_inputs(grpcclient, a, a))
+    np.testing.assert_array_equal(result.as_numpy("SUM"), (2 * a).astype(np.float32))
+    client.unload_model("simple_pipeline")  # the ensemble only: its step models keep serving
+    assert wait_for(lambda: index()["simple_pipeline"]["reason"] == "unloaded", timeout_s=15)
+    assert client.is_model_ready("simple")
+    client.unload_model("cast_fp32")
+    client.load_model("simple_pipeline")  # loads the step model that is missing again
+    assert client.is_model_ready("simple_pipeline") and client.is_model_ready("cast_fp32")
