@@ -134,7 +134,10 @@ class EnsembleRunner:
         start = time.perf_counter_ns()
         with self._stats.in_flight(step_view.name, step_view.version):
             try:
-                response = await self._dispatcher.infer(message, remaining)
+                if step_view.ensemble is not None:  # a nested ensemble runs here too
+                    response = await self.run(step_view, message, remaining)
+                else:
+                    response = await self._dispatcher.infer(message, remaining)
             except MeshError as exc:
                 self._record_failure(step_view, start, exc, None, from_mesh=False)
                 raise from_wire(exc.code, f"{where}: {exc.message}") from None

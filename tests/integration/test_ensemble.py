@@ -96,6 +96,19 @@ def test_pipeline_reports_each_steps_time_when_asked(mesh: Mesh) -> None:
     )
 
 
+def test_an_ensemble_can_be_a_step_of_another(mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    assert wait_for(lambda: client.is_model_ready("ens_nested"), timeout_s=30)
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 2, dtype=np.int32)
+    inputs = [grpcclient.InferInput("A", [1, 16], "INT32"), grpcclient.InferInput("B", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = client.infer("ens_nested", inputs)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), (2 * a + 2 * b).astype(np.float32))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), (2 * a - 2 * b).astype(np.float32))
+
+
 def test_pipeline_checks_its_inputs_like_any_model(mesh: Mesh) -> None:
     client = grpcclient.InferenceServerClient(mesh.grpc_url)
     a = np.ones((1, 8), dtype=np.int32)
