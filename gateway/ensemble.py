@@ -73,6 +73,7 @@ class EnsembleRunner:
         will_exist = set(pool) | {tensor for step in plan.steps for _, tensor in step.outputs}
         waiting = list(plan.steps)
         running: dict[asyncio.Task[dict[str, _Held]], Step] = {}
+        finished: list[asyncio.Task[dict[str, _Held]]] = []
         started: dict[int, int] = {}
         took: dict[int, int] = {}
         try:
@@ -86,6 +87,7 @@ class EnsembleRunner:
                     names = ", ".join(s.label for s in waiting)
                     raise Internal(f"ensemble '{plan.name}': {names} can never start (inputs missing)")
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                finished.extend(done)
                 for task in done:
                     step = running.pop(task)
                     took[step.index] = time.perf_counter_ns() - started[step.index]
@@ -104,8 +106,9 @@ class EnsembleRunner:
         finally:
             for task in running:
                 task.cancel()
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            # every step's outcome is collected (a second step failing with the first is not logged
+            # as "exception never retrieved")
+            await asyncio.gather(*running, *finished, return_exceptions=True)
         response = _response(view, plan, request, pool)
         if step_timing:
             for index, ns in sorted(took.items()):
