@@ -118,6 +118,9 @@ def test_exec_sends_a_mesh_request_and_returns_the_outputs(worker: tuple[BlsClie
     assert (sent.model_version, list(sent.requested_outputs), sent.inputs[0].datatype) == (0, ["OUT"], "FP32")
     assert sent.parameters["k"].string_param == "v"
     assert 4.5 < timeout <= 5.0  # no caller deadline known: the worker's request timeout
+    # Triton's BLS example names the model with a BYTES input's element (bytes)
+    client.exec(_request(model_name=np.array([b"target"], dtype=object)[0]), decoupled=False)
+    assert nc.sent[-1][0] == subjects.infer("target", 0)
 
 
 def test_the_callers_deadline_and_the_request_timeout_bound_the_call(

@@ -482,7 +482,7 @@ class InferenceRequest:
         *,
         inputs: Sequence[Tensor] = (),
         requested_output_names: Sequence[str] = (),
-        model_name: str = "",
+        model_name: str | bytes = "",
         model_version: int = -1,
         request_id: str = "",
         correlation_id: int | str = 0,
@@ -493,7 +493,8 @@ class InferenceRequest:
     ) -> None:
         self._inputs = list(inputs)
         self._requested_output_names = list(requested_output_names)
-        self._model_name = model_name
+        # Triton's examples pass a BYTES input's element (``as_numpy()[0]``, bytes) as the name
+        self._model_name = model_name.decode("utf-8") if isinstance(model_name, bytes) else model_name
         self._model_version = model_version
         self._request_id = request_id
         self._correlation_id = correlation_id
