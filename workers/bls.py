@@ -36,7 +36,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from meshserve import subjects, tensors
-from meshserve.errors import DeadlineExceeded, Internal, MeshError, PayloadTooLarge, Unavailable
+from meshserve.errors import DeadlineExceeded, Internal, MeshError, PayloadTooLarge, Unavailable, Unsupported
 from meshserve.params import param_value, set_param
 from meshserve.pb import mesh_pb2
 from workers.backends import pb_utils
@@ -172,7 +172,17 @@ class BlsClient:
             return _error(message, Unavailable("no batcher is serving requests (none is subscribed on NATS)"))
         except Exception as exc:
             return _error(message, Unavailable(f"cannot send the BLS request: {type(exc).__name__}: {exc}"))
-        return _parse(message, msg.data)
+        response = _parse(message, msg.data)
+        if response.more and not response.HasField("error"):
+            # the callee is decoupled: its first response came, the rest would go nowhere
+            return _error(
+                message,
+                Unsupported(
+                    f"model '{message.model_name}' is decoupled (0..N responses): call it with "
+                    "exec(decoupled=True) / async_exec(decoupled=True)"
+                ),
+            )
+        return response
 
     async def _stream(self, message: mesh_pb2.InferRequest, timeout_s: float, sink: Sink) -> None:
         """Publish a decoupled request; ``sink`` gets each response, the last one with ``True``

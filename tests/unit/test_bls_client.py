@@ -151,6 +151,9 @@ def test_failures_come_back_as_error_responses(worker: tuple[BlsClient, FakeNats
     message = client.exec(_request(model_name="caller"), decoupled=False).error().message()
     assert "Request timeout expired" in message and "called itself" in message
     assert "needs a model_name" in client.exec(_request(model_name=""), decoupled=False).error().message()
+    nc.fail_with = None
+    nc.answer = lambda r: _out(r, np.zeros(1, np.float32), more=True)  # a decoupled callee
+    assert "call it with exec(decoupled=True)" in client.exec(_request(), decoupled=False).error().message()
 
 
 def test_decoupled_exec_iterates_every_response_then_the_final(worker: tuple[BlsClient, FakeNats]) -> None:
