@@ -34,6 +34,7 @@ __all__ = [
     "check_structure",
     "is_ensemble",
     "plan_of",
+    "with_step_models",
 ]
 
 ENSEMBLE_PLATFORM = "ensemble"
@@ -192,6 +193,21 @@ def _ensemble_loop(name: str, configs: Mapping[str, mc.ModelConfig | None], trai
         if found:
             return found
     return []
+
+
+def with_step_models(names: set[str], configs: Mapping[str, mc.ModelConfig | None]) -> set[str]:
+    """``names`` plus every model their ensembles use, nested ensembles included (loading an
+    ensemble loads its step models, as in Triton)."""
+    wanted, todo = set(names), list(names)
+    while todo:
+        config = configs.get(todo.pop())
+        if config is None or not is_ensemble(config):
+            continue
+        for step in plan_of(config).steps:
+            if step.model not in wanted:
+                wanted.add(step.model)
+                todo.append(step.model)
+    return wanted
 
 
 @dataclass(frozen=True, slots=True)

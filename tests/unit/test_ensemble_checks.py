@@ -230,3 +230,15 @@ def test_gateway_table_derives_the_ensemble_state_from_its_steps(tmp_path: Path)
     )
     assert table.state(pipe) is ModelState.UNAVAILABLE
     assert "TYPE_INT8 is expected" in pipe.reason()
+
+
+def test_loading_an_ensemble_at_start_brings_its_step_models() -> None:
+    from meshserve.ensemble import with_step_models
+
+    outer = config(
+        PIPELINE, **{'name: "pipe"': 'name: "outer"', 'model_name: "second"': 'model_name: "pipe"'}
+    )
+    configs = {"outer": outer, "pipe": config(PIPELINE), "first": config(FIRST), "second": None}
+    assert with_step_models({"outer"}, configs) == {"outer", "pipe", "first", "second"}
+    assert with_step_models({"first"}, configs) == {"first"}
+    assert with_step_models(set(), configs) == set()
