@@ -22,6 +22,7 @@ from meshserve.pb import model_config_pb2 as mc
 from meshserve.settings import WorkerSettings
 from workers.backends import create_backend
 from workers.backends.base import Backend, ConfigCompleter, LoadContext
+from workers.bls import BlsClient, install
 from workers.executor import BatchExecutor
 from workers.server import BatchServer
 from workers.warmup import run_warmup
@@ -129,6 +130,16 @@ async def run(settings: WorkerSettings) -> None:
         await announcer.publish()
 
     await nc.subscribe(subjects.worker_query(), cb=on_query)
+    # python models' BLS requests go out on this worker's NATS connection (workers/bls.py)
+    install(
+        BlsClient(
+            nc,
+            asyncio.get_running_loop(),
+            settings.model_name,
+            settings.limits.request_timeout_s,
+            settings.limits.max_message_bytes,
+        )
+    )
     backend: Backend | None = None
     try:
         async with asyncio.TaskGroup() as tg:
