@@ -9,17 +9,20 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from batcher.link import InFlight, InstanceLink
+from batcher.metrics import start_metrics_server
 from batcher.model_rules import rules_from_announcement, signature_of
 from batcher.policy import Pending
 from batcher.scheduler import ModelScheduler, Queued
 from meshserve import subjects
 from meshserve.errors import MeshError, Unavailable
 from meshserve.lifecycle import close_nats, install_stop_signals
+from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.pb import mesh_pb2
@@ -44,6 +47,10 @@ class Batcher:
         self._drained = asyncio.Event()
         """Set, while stopping, when the last batch in flight is done."""
 
+    def schedulers(self) -> list[ModelScheduler]:
+        """Every model version's scheduler (the metrics endpoint reads them)."""
+        return list(self._schedulers.values())
+
     async def start(self) -> None:
         await self._nc.subscribe(subjects.worker_announce(), cb=self._on_announce)
         self._intake = await self._nc.subscribe(
@@ -61,9 +68,11 @@ class Batcher:
             log.warning("undecodable request on %s dropped", msg.subject)
             return
         scheduler = self._schedulers.get((request.model_name, request.model_version))
+        if scheduler is None and request.model_version <= 0:
+            scheduler = self._latest(request.model_name)
         ragged = scheduler.rules.ragged_inputs if scheduler is not None else frozenset()
         item = Queued(
-            pending=Pending(time.monotonic(), max(1, request.batch_size), signature_of(request, ragged)),
+            pending=Pending(time.monotonic(), _rows(request, scheduler), signature_of(request, ragged)),
             raw=msg.data,
             reply_to=msg.reply,
             request_id=request.request_id,
@@ -74,7 +83,11 @@ class Batcher:
             timeout_s=request.timeout_us / 1e6,
         )
         error: MeshError | None
-        if scheduler is None:
+        if scheduler is None and request.model_version <= 0:
+            error = Unavailable(
+                f"model '{request.model_name}' is not served: no live instance of any version"
+            )
+        elif scheduler is None:
             error = Unavailable(
                 f"model '{request.model_name}' version {request.model_version} has no live instance"
             )
@@ -82,6 +95,16 @@ class Batcher:
             error = scheduler.admit(item)
         if error is not None:
             await self.reply_error(item, error)
+
+    def _latest(self, model: str) -> ModelScheduler | None:
+        """Version 0 (a python model's BLS request with ``model_version=-1``): the highest version
+        with a live instance.  Gateways always resolve the version themselves."""
+        live = [
+            s
+            for (name, _), s in self._schedulers.items()
+            if name == model and any(link.accepting for link in s.links.values())
+        ]
+        return max(live, key=lambda s: s.version, default=None)
 
     async def reply_error(self, item: Queued, error: MeshError) -> None:
         if not item.reply_to:
@@ -211,6 +234,18 @@ class Batcher:
             await link.close()
 
 
+def _rows(request: mesh_pb2.InferRequest, scheduler: ModelScheduler | None) -> int:
+    """Rows the request takes in a batch.  Gateways set ``batch_size``; a BLS request from a python
+    model leaves it 0, and then a batching model's rows are its first input's first dimension."""
+    if request.batch_size > 0:
+        return request.batch_size
+    if scheduler is not None and scheduler.rules.batching.max_batch_size > 0 and request.inputs:
+        shape = request.inputs[0].shape
+        if shape and shape[0] > 0:
+            return int(shape[0])
+    return 1
+
+
 def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
     if deadline_unix_ns <= 0:
         return None
@@ -220,17 +255,25 @@ def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
 async def run(settings: BatcherSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, "batcher")
+    metrics: web.AppRunner | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             batcher = Batcher(settings, nc, tg)
             await batcher.start()
-            announce_ready("batcher", nats=settings.nats_url)
+            metrics_port = -1
+            if settings.metrics_port >= 0:
+                sock = bind_listener("batcher metrics", settings.host, settings.metrics_port)
+                metrics = await start_metrics_server(batcher.schedulers, sock)
+                metrics_port = sock.getsockname()[1]
+            announce_ready("batcher", nats=settings.nats_url, metrics_port=metrics_port)
             await stop.wait()
             await batcher.drain(settings.limits.request_timeout_s / 4)
             raise _Stop
     except* _Stop:
         pass
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await close_nats(nc)
 
 

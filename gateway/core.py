@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.dispatcher import Dispatcher
+from gateway.ensemble import EnsembleRunner
 from gateway.models import ModelState, ModelTable, ModelView
+from gateway.peers import GatewayPeers
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
@@ -43,7 +45,10 @@ class InferenceCore:
         self.models = models
         self.stats = StatsBook()
         self._dispatcher = dispatcher
+        self._ensembles = EnsembleRunner(models, dispatcher, self.stats, settings.limits.max_message_bytes)
         self.shutting_down = False
+        self.peers: GatewayPeers | None = None
+        """Set by the gateway process: statistics then add up every gateway's counts."""
 
     async def infer(
         self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
@@ -73,7 +78,12 @@ class InferenceCore:
             timeout_s = (
                 prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
             )
-            response = await self._dispatcher.infer(prepared.message, timeout_s)
+            if view.ensemble is not None:  # the gateway runs the pipeline (gateway/ensemble.py)
+                response = await self._ensembles.run(
+                    view, prepared.message, timeout_s, step_timing=wants_timing(call.parameters)
+                )
+            else:
+                response = await self._dispatcher.infer(prepared.message, timeout_s)
         except MeshError as exc:
             reason = failure_reason(exc, from_worker=False, from_mesh=False)
             self.stats.record_failure(view.name, view.version, time.perf_counter_ns() - start, reason)
@@ -212,8 +222,17 @@ class InferenceCore:
                 )
         return rows
 
-    def statistics(self, model: str, version: str) -> list[dict[str, Any]]:
+    async def statistics(self, model: str, version: str) -> list[dict[str, Any]]:
+        """Triton's ``model_stats`` for one version, a model's versions, or every model: this gateway's
+        counts plus every peer gateway's (``gateway/peers.py``) when there are several."""
         views = [self.models.find(model, version)] if model else self.models.all_views()
         if model and not version:
             views = self.models.versions_of(model)
-        return [self.stats.get(view.name, view.version).as_dict(view.name, view.version) for view in views]
+        keys = [(view.name, view.version) for view in views]
+        if self.peers is None:
+            return self.local_statistics(keys)
+        return await self.peers.statistics(keys)
+
+    def local_statistics(self, keys: list[tuple[str, int]]) -> list[dict[str, Any]]:
+        """What this gateway alone counted for ``keys``."""
+        return [self.stats.get(name, version).as_dict(name, version) for name, version in keys]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshserve.controller import Controller
+from meshserve.ensemble import with_step_models
 from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
 from meshserve.lifecycle import install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
@@ -163,8 +164,11 @@ class Launcher:
             s.event_loop,
             *nats_flags(nats_options()),
         ]
-        batcher = await self._spawn("batcher", ["batcher", *common])
-        await self._wait_ready([batcher])
+        batcher = await self._spawn(
+            "batcher",
+            ["batcher", *common, "--host", s.gateway.host, "--metrics-port", str(s.batcher_metrics_port)],
+        )
+        (batcher_ready,) = await self._wait_ready([batcher])
         g = s.gateway
         gw = await self._start_gateways(common)
         entries = scan_repository(s.model_repository)
@@ -176,7 +180,8 @@ class Launcher:
         self._common = common
         self._entries = {e.name: e for e in entries}
         explicit = s.model_control_mode == "explicit"
-        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in s.load_models]
+        named = with_step_models(set(s.load_models), {e.name: e.config for e in entries})
+        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in named]
         models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in wanted if e.error}
         for ready in await self._start_workers(wanted):
             key = f"{ready['model']}:{ready['version']}"
@@ -197,12 +202,17 @@ class Launcher:
             gw["http_port"],
             " ".join(f"http://{g.host}:{p}/metrics" for p in gw["metrics_ports"]),
         )
+        if batcher_ready.get("metrics_port", -1) >= 0:
+            log.info(
+                "batcher metrics (queue depth): http://%s:%s/metrics", g.host, batcher_ready["metrics_port"]
+            )
         return {
             "nats": nats_url,
             "grpc_port": gw["grpc_port"],
             "http_port": gw["http_port"],
             "metrics_port": gw["metrics_port"],
             "metrics_ports": gw["metrics_ports"],
+            "batcher_metrics_port": batcher_ready.get("metrics_port", -1),
             "models": models,
         }
 

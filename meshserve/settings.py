@@ -72,6 +72,8 @@ class GatewaySettings:
     """A worker silent for this long no longer counts toward a model's readiness."""
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
+    stats_collect_timeout_s: float = 1.0
+    """How long a statistics call waits for the other gateways' counts (``gateway/peers.py``)."""
     limits: Limits = field(default_factory=Limits)
     # guard rails (docs/security.md): request limits, TLS, bearer tokens, a separate metrics address
     request_limits: RequestLimits = field(default_factory=RequestLimits)
@@ -91,6 +93,10 @@ class BatcherSettings:
     """A worker silent this long is dropped from the pool; its in-flight batches are failed."""
     inflight_batches_per_instance: int = 1
     """Batches sent to one worker instance before it answers (kept 1: one batch at a time)."""
+    host: str = "127.0.0.1"
+    metrics_port: int = -1
+    """Prometheus ``/metrics`` (queue depth, batches by reason: ``batcher/metrics.py``); -1 = off, 0 = a
+    free port."""
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
     limits: Limits = field(default_factory=Limits)
@@ -105,6 +111,9 @@ class WorkerSettings:
     instance_index: int = 0
     host: str = "127.0.0.1"
     port: int = 0
+    advertise_host: str = ""
+    """Address announced to batchers for the batch endpoint; empty: ``host``, or for a wildcard ``host``
+    the local address on the route to NATS (containers, pods, other machines; see meshserve/netaddr.py)."""
     heartbeat_interval_s: float = 1.0
     device: str = "cpu"
     """``cpu`` or ``cuda:N``; the launcher picks it from the instance group."""
@@ -128,6 +137,8 @@ class UpSettings:
     load_models: tuple[str, ...] = ()
     """``--load-model`` names loaded at start in explicit mode (``*`` = all)."""
     gateways: int = 1
+    batcher_metrics_port: int = 0
+    """The batcher's Prometheus endpoint: 0 = a free port (logged, and in the ready line), -1 = off."""
     """Gateway processes sharing the client ports (one Python process must not be the ceiling)."""
     nats_url: str | None = None
     """An existing NATS server; None starts an embedded one."""

@@ -474,7 +474,7 @@ def test_bf16_and_fp16_outputs_as_json_numbers() -> None:
     ],
 )
 def test_json_that_is_not_unicode_text_or_too_deep_is_invalid_argument(body: bytes) -> None:
-    with pytest.raises(InvalidArgument, match="surrogate|nested too deeply"):
+    with pytest.raises(InvalidArgument, match=r"surrogate|nested too deeply"):
         decode_infer(body, None, one_input("TYPE_STRING", "-1"))
 
 
