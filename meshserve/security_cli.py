@@ -26,6 +26,19 @@ __all__ = [
     "nats_options",
 ]
 
+_LIMIT_HELP: dict[str, str] = {
+    "max_tensors": "input tensors (and requested outputs) per request",
+    "max_parameters": "parameters per request",
+    "max_tensor_elements": "elements per tensor (product of the non-zero dims)",
+    "max_bytes_element_bytes": "bytes of one BYTES element (0 = bounded by --max-message-bytes only)",
+    "max_json_depth": "nesting of a JSON tensor's 'data' arrays",
+    "http_max_field_bytes": "bytes of one HTTP request line or header field",
+    "http_max_headers": "header fields per HTTP request",
+    "grpc_max_metadata_bytes": "bytes of one gRPC call's metadata",
+    "grpc_max_concurrent_streams": "concurrent calls per gRPC connection (more wait in the client)",
+    "grpc_stream_inflight": "requests in flight per ModelStreamInfer stream (more wait unread)",
+}
+
 # RequestLimits field → flag (the table in docs/security.md follows this order)
 _LIMIT_FLAGS: dict[str, str] = {
     "max_tensors": "--max-request-tensors",
@@ -59,7 +72,9 @@ def add_gateway_security_flags(p: argparse.ArgumentParser) -> None:
     defaults = RequestLimits()
     for name, flag in _LIMIT_FLAGS.items():
         default = int(env_default(_env_name(flag), str(getattr(defaults, name))))
-        limits.add_argument(flag, type=int, default=default, help=f"(default {default})")
+        limits.add_argument(
+            flag, type=int, default=default, metavar="N", help=f"{_LIMIT_HELP[name]} (default {default})"
+        )
 
     tls = p.add_argument_group("TLS (Triton's gRPC flag names; HTTPS flags are meshserve's)")
     tls.add_argument(
