@@ -35,6 +35,7 @@ LIMIT_FLAGS = {
     "--http-max-headers": 40,
     "--grpc-max-metadata-bytes": 4096,
     "--grpc-max-concurrent-streams": 2,
+    "--grpc-stream-inflight": 2,
 }
 GOOD = np.arange(16, dtype=np.int32).reshape(1, 16)
 
@@ -242,6 +243,27 @@ def test_concurrent_streams_per_connection_are_capped(mesh: Mesh) -> None:
     assert all(not isinstance(r, Exception) for r in results), results
     assert 1 <= peak <= 2, peak
     client.close()
+
+
+def test_requests_in_flight_per_stream_are_capped(mesh: Mesh) -> None:
+    """6 requests on one ModelStreamInfer stream with --grpc-stream-inflight 2: the gateway works on
+    at most 2 at a time (it stops reading the stream), and every request is answered."""
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    answers: list[object] = []
+    client.start_stream(callback=lambda result, error: answers.append(error or result))
+    for _ in range(6):
+        tensor = grpcclient.InferInput("IN", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+        client.async_stream_infer("slow", [tensor])
+    peak = 0.0
+    deadline = time.monotonic() + 60
+    while len(answers) < 6 and time.monotonic() < deadline:
+        peak = max(peak, _pending(mesh, "slow"))
+        time.sleep(0.1)
+    client.stop_stream()
+    client.close()
+    assert len(answers) == 6 and all(not isinstance(a, Exception) for a in answers), answers
+    assert 1 <= peak <= 2, peak
 
 
 # -- random malformed input ---------------------------------------------------------------------------
