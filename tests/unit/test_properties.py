@@ -31,12 +31,12 @@ assert HEADER_LENGTH  # the header the binary tests below emulate
 # Bounded so the whole module stays within a few seconds on a shared 2-core machine; the deadline is
 # generous for the same reason (a slow example is not a failure here, a wrong one is).
 PROPS = settings(
-    max_examples=200,
+    max_examples=150,
     deadline=2000,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-HEAVY = settings(PROPS, max_examples=100)
+HEAVY = settings(PROPS, max_examples=80)
 """For the strategies that build whole JSON documents (costly to generate, not to check)."""
 
 NUMERIC = [name for name, info in tensors.DATATYPES.items() if info.numpy is not None]
