@@ -66,8 +66,7 @@ async def run(settings: GatewaySettings) -> None:
             ("grpc.absolute_max_metadata_size", request_limits.grpc_max_metadata_bytes),
             ("grpc.max_concurrent_streams", request_limits.grpc_max_concurrent_streams),
         ],
-        # auth first: a refused call is not even parsed
-        interceptors=[GrpcAuthInterceptor(settings.auth), ParseRequestsInterceptor()],
+        interceptors=_interceptors(settings),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), grpc_server)
     grpc_address = f"{settings.host}:{settings.grpc_port}"
@@ -119,3 +118,14 @@ async def run(settings: GatewaySettings) -> None:
         await metrics_runner.cleanup()
         await core.peers.stop()
         await close_nats(nc)
+
+
+def _interceptors(settings: GatewaySettings) -> list[grpc.aio.ServerInterceptor]:
+    """Token check first (a refused call is not even parsed; only when tokens are configured, so an
+    open gateway pays nothing for it), then our own parsing of each message."""
+    auth = settings.auth
+    checks: list[grpc.aio.ServerInterceptor] = []
+    if auth.inference_tokens or auth.control_tokens:
+        checks.append(GrpcAuthInterceptor(auth))
+    checks.append(ParseRequestsInterceptor())
+    return checks

@@ -97,7 +97,10 @@ def _status(ok: bool) -> web.Response:
 
 def build_app(core: InferenceCore) -> web.Application:
     max_body = core.settings.limits.max_message_bytes + 1024 * 1024
-    middlewares = [_make_error_middleware(max_body), http_auth_middleware(core.settings.auth)]
+    auth = core.settings.auth
+    middlewares = [_make_error_middleware(max_body)]
+    if auth.inference_tokens or auth.control_tokens:  # an open gateway pays nothing for the check
+        middlewares.append(http_auth_middleware(auth))
     app = web.Application(client_max_size=max_body, middlewares=middlewares)
 
     def version(request: web.Request) -> str:
