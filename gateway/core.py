@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.dispatcher import Dispatcher
 from gateway.models import ModelState, ModelTable, ModelView
+from gateway.repository_params import ParamValue, control_request
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
@@ -26,7 +27,15 @@ from meshserve.settings import GatewaySettings
 __all__ = ["EXTENSIONS", "SERVER_NAME", "InferOutcome", "InferenceCore"]
 
 SERVER_NAME = "triton"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters", "meshserve")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "parameters",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "meshserve",
+)
 """Only what meshserve implements; see docs/architecture.md "How meshserve identifies itself"."""
 
 
@@ -121,11 +130,18 @@ class InferenceCore:
                 raise
         self.stats.record_success(view.name, view.version, time.perf_counter_ns() - start, 0, timing)
 
-    async def control(self, model: str, load: bool, with_overrides: bool = False) -> None:
-        """RepositoryModelLoad / Unload through the model controller (explicit mode)."""
-        if with_overrides:
-            raise InvalidArgument("loading with a config override or model files is not supported yet")
-        request = mesh_pb2.ControlRequest(model_name=model, load=load)
+    async def control(
+        self,
+        model: str,
+        load: bool,
+        params: Mapping[str, ParamValue] | None = None,
+        base64_files: bool = False,
+    ) -> None:
+        """RepositoryModelLoad / Unload through the model controller (explicit mode); ``params`` are
+        the request's parameters (``config``, ``file:<path>``, ``unload_dependents``)."""
+        request = control_request(
+            model, load, params or {}, self.settings.limits.max_message_bytes, base64_files
+        )
         await self._dispatcher.control(request, self.settings.control_timeout_s)
         # the workers' announcements travel on their own NATS connections: wait (briefly) until this
         # gateway has seen the new state, so a client's next call sees what its load/unload did

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from meshserve.controller import UNLOADED_REASON
+from meshserve.controller import CONTROLLER_ID_PREFIX, REMOVED_REASON, UNLOADED_REASON
 from meshserve.errors import InvalidArgument, ModelNotFound, ModelNotReady
 from meshserve.model_config import config_from_bytes
 from meshserve.pb import mesh_pb2
@@ -146,8 +146,17 @@ class ModelTable:
 
     def apply(self, ann: mesh_pb2.WorkerAnnouncement) -> None:
         key = (ann.model_name, ann.model_version)
+        from_controller = ann.instance_id.startswith(CONTROLLER_ID_PREFIX)
+        if from_controller and ann.reason == REMOVED_REASON:
+            self._forget(ann.model_name, ann.model_version)
+            return
         view = self._views.get(key)
-        if ann.model_config and (view is None or not view.instances):
+        # a new config arrives with a newly READY instance (a reload): it wins over the old one, whose
+        # instances are already known and leave soon
+        fresh_ready = (
+            ann.state == mesh_pb2.READY and view is not None and ann.instance_id not in view.instances
+        )
+        if ann.model_config and (view is None or not view.instances or fresh_ready):
             config = config_from_bytes(ann.model_config)
             fresh = ModelView.from_config(ann.model_name, ann.model_version, config)
             if view is not None:
@@ -157,6 +166,10 @@ class ModelTable:
             declared = self._declared.get(ann.model_name)
             if ann.state == mesh_pb2.UNAVAILABLE and declared is not None:
                 declared.error = ann.reason or declared.error
+            elif (
+                ann.state == mesh_pb2.UNAVAILABLE and from_controller
+            ):  # appeared since this gateway read the repository
+                self._declared[ann.model_name] = _Declared(ann.model_name, (), ann.reason or "failed to load")
             return
         if ann.state == mesh_pb2.READY:
             view.instances[ann.instance_id] = time.monotonic()
@@ -168,6 +181,13 @@ class ModelTable:
             view.instances.pop(ann.instance_id, None)
             view.failures.pop(ann.instance_id, None)
         self._forget_long_gone(view)
+
+    def _forget(self, name: str, version: int) -> None:
+        """A model (version 0) or one version of it left the repository: drop what is known of it."""
+        for key in [k for k in self._views if k[0] == name and version in (0, k[1])]:
+            del self._views[key]
+        if version == 0 or not any(n == name for n, _ in self._views):
+            self._declared.pop(name, None)
 
     def _forget_long_gone(self, view: ModelView) -> None:
         """Workers restart with new ids: drop instances silent for 10x the stale time (one stays,

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from meshserve.controller import Controller
@@ -22,6 +23,7 @@ from meshserve.lifecycle import install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
 from meshserve.nats_server import EmbeddedNats, find_nats_server, start_nats_server
 from meshserve.pb import model_config_pb2 as mc
+from meshserve.repo_watch import snapshot
 from meshserve.repository import ModelEntry, scan_repository
 from meshserve.settings import UpSettings
 
@@ -164,6 +166,7 @@ class Launcher:
         await self._wait_ready([batcher])
         g = s.gateway
         gw = await self._start_gateways(common)
+        baseline = snapshot(s.model_repository)  # before the scan: poll mode reacts to what changes after
         entries = scan_repository(s.model_repository)
         for entry in entries:
             if entry.error:
@@ -180,9 +183,13 @@ class Launcher:
             state = ready["state"] if ready["state"] == "READY" else f"{ready['state']}: {ready['reason']}"
             if models.get(key, "READY") == "READY":
                 models[key] = state
-        if explicit:
-            self._controller = Controller(self, nats_url)
-            await self._controller.start([e for e in entries if e not in wanted])
+        if s.model_control_mode in ("explicit", "poll"):
+            self._controller = Controller(self, nats_url, s.model_control_mode, s.repository_poll_s)
+            await self._controller.start(
+                [e for e in wanted if not e.error],
+                [e for e in entries if (e not in wanted if explicit else bool(e.error))],
+                baseline,
+            )
         for key, state in sorted(models.items()):
             log.info("model %-30s %s", key, state)
         log.info(
@@ -205,8 +212,9 @@ class Launcher:
 
     async def _start_workers(self, entries: list[ModelEntry]) -> list[dict[str, Any]]:
         """One worker per instance of every served version of ``entries``; their ready payloads."""
-        s, common = self._settings, self._common
+        common = self._common
         started: list[Child] = []
+        roots = {e.name: e.path.parent for e in entries}
         for spec in worker_plan(entries, _gpu_count()):
             env = (
                 {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
@@ -219,7 +227,7 @@ class Launcher:
                         "worker",
                         *common,
                         "--model-repository",
-                        str(s.model_repository),
+                        str(roots[spec.model]),
                         "--model-name",
                         spec.model,
                         "--model-version",
@@ -235,8 +243,24 @@ class Launcher:
             self._model_workers.setdefault(spec.model, []).append(started[-1])
         return await self._wait_ready(started)
 
+    @property
+    def repository(self) -> Path:
+        return self._settings.model_repository
+
     def entry(self, name: str) -> ModelEntry | None:
+        """The model as loaded now (from the repository or an override directory)."""
         return self._entries.get(name)
+
+    def read_entry(self, name: str, repository: Path | None = None) -> ModelEntry | None:
+        """The model as its directory under ``repository`` (default: the model repository) reads now."""
+        model_dir = (repository or self._settings.model_repository) / name
+        if not model_dir.is_dir():
+            return None
+        return next((e for e in scan_repository(model_dir.parent) if e.name == name), None)
+
+    def forget(self, name: str) -> None:
+        """The model left the repository."""
+        self._entries.pop(name, None)
 
     async def stop_model(self, name: str) -> None:
         """Stop every worker of one model (they say goodbye first, so the pool shrinks at once)."""
@@ -256,10 +280,11 @@ class Launcher:
                 child.reader.cancel()
             self._children.remove(child)
 
-    async def start_model(self, name: str) -> list[dict[str, Any]]:
-        """(Re)load one model from its directory.  On a reload the new workers start beside the old
-        ones, which stop only once the new ones are READY; if the new ones fail, the old keep serving."""
-        entry = next((e for e in scan_repository(self._settings.model_repository) if e.name == name), None)
+    async def start_model(self, name: str, repository: Path | None = None) -> list[dict[str, Any]]:
+        """(Re)load one model from its directory (under ``repository``, default the model repository).
+        On a reload the new workers start beside the old ones, which stop only once the new ones are
+        READY; if the new ones fail, the old keep serving."""
+        entry = self.read_entry(name, repository)
         if entry is None:
             raise ModelNotFound(f"failed to load '{name}', failed to poll from model repository")
         if entry.error:
