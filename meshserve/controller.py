@@ -92,8 +92,9 @@ class Controller:
         self._unloaded: dict[str, ModelEntry] = {}
         self._loaded: dict[str, mc.ModelConfig | None] = {}
         """Every model this mesh serves now → its config (for ensembles' dependencies)."""
-        self._managed = Path(tempfile.mkdtemp(prefix="meshserve-override-"))
-        """Override model directories (loads with ``config`` / ``file:`` parameters) live here."""
+        self._managed: Path | None = None
+        """Override model directories (loads with ``config`` / ``file:`` parameters) live here;
+        made at the first such load, removed by :meth:`close`."""
         self._override_dirs: dict[str, Path] = {}
         self._load_seq = 0
         self._poll_task: asyncio.Task[None] | None = None
@@ -126,7 +127,8 @@ class Controller:
                 pass
         if self._nc is not None:
             await close_nats(self._nc)
-        shutil.rmtree(self._managed, ignore_errors=True)
+        if self._managed is not None:
+            shutil.rmtree(self._managed, ignore_errors=True)
 
     # -- announcements ------------------------------------------------------------------------------
     async def _marker(self, name: str, version: int, state: int, reason: str, config: bytes = b"") -> None:
@@ -200,6 +202,8 @@ class Controller:
                 )
             config = parse_override_config(name, config_json)
             source = self._owner.repository / name
+            if self._managed is None:
+                self._managed = Path(tempfile.mkdtemp(prefix="meshserve-override-"))
             self._load_seq += 1
             root = materialize(
                 self._managed / str(self._load_seq),
