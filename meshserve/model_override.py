@@ -21,31 +21,37 @@ from meshserve.errors import InvalidArgument
 from meshserve.model_config import CONFIG_FILENAME
 from meshserve.pb import model_config_pb2 as mc
 
-__all__ = ["FILE_PREFIX", "MAX_FILE_DEPTH", "check_file_path", "materialize", "parse_override_config"]
+__all__ = ["FILE_PREFIX", "MAX_FILE_DEPTH", "NAME_MAX", "check_file_path", "materialize", "parse_override_config"]
 
 FILE_PREFIX = "file:"
 """Load parameters named ``file:<path>`` carry one file of the override model directory."""
+NAME_MAX = 255
+"""Longest file or directory name (bytes) Linux file systems take."""
 MAX_FILE_DEPTH = 8
 """Deepest file path accepted in an override directory (``1/model.savedmodel/variables/x`` is 4)."""
 
 
 def check_file_path(name: str) -> PurePosixPath:
-    """The relative path a ``file:`` parameter names, or InvalidArgument saying what is wrong."""
+    """The relative path a ``file:`` parameter names, or InvalidArgument saying what is wrong
+    (the message starts "Invalid file path", Triton's words)."""
     shown = name.replace("\0", "\\0")
+    if len(shown) > 120:
+        shown = shown[:120] + "…"
+    where = f"Invalid file path in load parameter 'file:{shown}'"
     if not name or "\0" in name or "\\" in name:
-        raise InvalidArgument(f"load parameter 'file:{shown}': the file name is empty or holds NUL/'\\'")
+        raise InvalidArgument(f"{where}: the name is empty or holds NUL or '\\'")
     path = PurePosixPath(name)
     if path.is_absolute() or any(part in ("..", ".", "") for part in name.split("/")):
         raise InvalidArgument(
-            f"load parameter 'file:{shown}': give a path relative to the model directory, "
-            "like '1/model.onnx' (no leading '/', no '.' or '..' parts)"
+            f"{where}: give a path relative to the model directory, like '1/model.onnx' "
+            "(no leading '/', no '.' or '..' parts)"
         )
+    if any(len(part.encode()) > NAME_MAX for part in path.parts):
+        raise InvalidArgument(f"{where}: a name is longer than {NAME_MAX} bytes")
     if len(path.parts) > MAX_FILE_DEPTH:
-        raise InvalidArgument(f"load parameter 'file:{shown}': deeper than {MAX_FILE_DEPTH} levels")
+        raise InvalidArgument(f"{where}: deeper than {MAX_FILE_DEPTH} levels")
     if path.parts == (CONFIG_FILENAME,):
-        raise InvalidArgument(
-            f"load parameter 'file:{CONFIG_FILENAME}': pass the configuration as the 'config' parameter"
-        )
+        raise InvalidArgument(f"{where}: pass the configuration as the 'config' parameter")
     return path
 
 

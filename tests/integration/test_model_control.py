@@ -179,17 +179,6 @@ def test_http_load_with_config_and_files_creates_a_model(explicit_mesh: Mesh) ->
     assert wait_for(lambda: not client.is_model_ready("uploaded_http"), timeout_s=10)
 
 
-def test_a_config_override_replaces_the_repository_config_until_the_next_plain_load(
-    explicit_mesh: Mesh,
-) -> None:
-    client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
-    client.load_model("simple", config=json.dumps({**OVERRIDE_CONFIG, "name": "simple"}))
-    assert wait_for(lambda: client.get_model_config("simple", as_json=True)["config"]["max_batch_size"] == 4)
-    np.testing.assert_array_equal(_infer(client, "simple"), 2 * np.arange(16, dtype=np.int32).reshape(1, 16))
-    client.load_model("simple")  # from the repository again
-    assert wait_for(lambda: client.get_model_config("simple", as_json=True)["config"]["max_batch_size"] == 8)
-
-
 @pytest.mark.parametrize("path", ["../escaped.py", "/tmp/absolute.py", "1/../../escaped.py", "1/a\\b"])
 def test_override_file_paths_outside_the_model_are_refused(explicit_mesh: Mesh, path: str) -> None:
     client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
@@ -254,3 +243,19 @@ def test_server_metadata_lists_the_model_repository_extension(explicit_mesh: Mes
         "extensions"
     ]
     assert "model_repository" in extensions and "model_repository(unload_dependents)" in extensions
+
+
+def test_a_partial_override_config_is_completed_as_tritons_example_expects(explicit_mesh: Mesh) -> None:
+    """An override config replaces config.pbtxt until the next plain load.  Triton's
+    simple_*_model_control examples send only ``{"max_batch_size":"16"}``: the backend comes from
+    the model file, the tensors from the model's auto_complete_config."""
+    client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
+    client.load_model("simple", config='{"max_batch_size":"16"}')
+    assert client.get_model_config("simple").config.max_batch_size == 16
+    np.testing.assert_array_equal(_infer(client, "simple"), 2 * np.arange(16, dtype=np.int32).reshape(1, 16))
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("simple", config="{}", files={"file:" + "A" * 256: b"a"})
+    assert "Invalid file path" in err.value.message()
+    assert client.is_server_live()
+    client.load_model("simple")
+    assert client.get_model_config("simple").config.max_batch_size == 8

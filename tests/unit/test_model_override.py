@@ -104,3 +104,20 @@ def test_nothing_is_written_when_a_path_is_bad(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         materialize(tmp_path / "managed", "m", parse_override_config("m", CONFIG), {"../evil": b"x"}, None)
     assert not (tmp_path / "managed").exists() and not (tmp_path / "evil").exists()
+
+
+def test_messages_use_tritons_words() -> None:
+    with pytest.raises(InvalidArgument, match=r"^Invalid file path"):
+        check_file_path("A" * 256)
+
+
+def test_a_partial_override_gets_its_backend_from_the_model_file(tmp_path: Path) -> None:
+    source = tmp_path / "repo" / "m"
+    (source / "1").mkdir(parents=True)
+    (source / "1" / "model.py").write_text("# model\n")
+    (source / "config.pbtxt").write_text('backend: "python"\n')
+    root = materialize(
+        tmp_path / "managed", "m", parse_override_config("m", '{"max_batch_size":"16"}'), {}, source
+    )
+    config = load_config(root / "m")
+    assert config.backend == "python" and config.max_batch_size == 16
