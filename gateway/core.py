@@ -191,32 +191,7 @@ class InferenceCore:
         return self.models.find(model, version)
 
     def repository_index(self, ready_only: bool) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = []
-        seen: set[str] = set()
-        for view in self.models.all_views():
-            seen.add(view.name)
-            state = self.models.state(view)
-            if ready_only and state is not ModelState.READY:
-                continue
-            rows.append(
-                {
-                    "name": view.name,
-                    "version": str(view.version),
-                    "state": state.value,
-                    "reason": view.reason(),
-                }
-            )
-        for name in self.models.names():
-            if name not in seen and not ready_only:
-                rows.append(
-                    {
-                        "name": name,
-                        "version": "",
-                        "state": "UNAVAILABLE",
-                        "reason": self.models.declared_error(name),
-                    }
-                )
-        return rows
+        return self.models.index_rows(ready_only)
 
     def statistics(self, model: str, version: str) -> list[dict[str, Any]]:
         views = [self.models.find(model, version)] if model else self.models.all_views()

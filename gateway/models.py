@@ -16,6 +16,7 @@ from pathlib import Path
 from meshserve.controller import CONTROLLER_ID_PREFIX, REMOVED_REASON, UNLOADED_REASON
 from meshserve.errors import InvalidArgument, ModelNotFound, ModelNotReady
 from meshserve.model_config import config_from_bytes
+from meshserve.model_states import ModelStateRecord, combined_state
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.repository import scan_repository
@@ -28,6 +29,7 @@ class ModelState(Enum):
     LOADING = "LOADING"
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,8 @@ class ModelTable:
         self._stale_after_s = stale_after_s
         self._views: dict[tuple[str, int], ModelView] = {}
         self._declared: dict[str, _Declared] = {}
+        self._records: dict[tuple[str, int], ModelStateRecord] = {}
+        """Declared states from the JetStream KV bucket (meshserve.model_states); version 0 = the model."""
 
     # -- feeding --------------------------------------------------------------------------------
     def load_repository(self, repository: Path) -> None:
@@ -182,6 +186,12 @@ class ModelTable:
             view.failures.pop(ann.instance_id, None)
         self._forget_long_gone(view)
 
+    def apply_record(self, record: ModelStateRecord) -> None:
+        self._records[(record.model, record.version)] = record
+
+    def drop_record(self, name: str, version: int) -> None:
+        self._records.pop((name, version), None)
+
     def _forget(self, name: str, version: int) -> None:
         """A model (version 0) or one version of it left the repository: drop what is known of it."""
         for key in [k for k in self._views if k[0] == name and version in (0, k[1])]:
@@ -212,7 +222,39 @@ class ModelTable:
         return sorted((v for (n, _), v in self._views.items() if n == name), key=lambda v: v.version)
 
     def names(self) -> list[str]:
-        return sorted({n for n, _ in self._views} | set(self._declared))
+        return sorted({n for n, _ in self._views} | set(self._declared) | {n for n, _ in self._records})
+
+    def index_rows(self, ready_only: bool) -> list[dict[str, str]]:
+        """RepositoryIndex: every model version known from announcements, the KV bucket or the repository."""
+        rows: list[dict[str, str]] = []
+        listed: set[str] = set()
+        now = time.monotonic()
+        for view in self.all_views():
+            listed.add(view.name)
+            live = view.live_instances(now, self._stale_after_s) > 0
+            own = self.state(view)
+            record = self._records.get((view.name, view.version))
+            state, reason = combined_state(live, own.value, record)
+            if reason is None:
+                reason = "" if state == ModelState.READY.value else view.reason()
+            rows.append({"name": view.name, "version": str(view.version), "state": state, "reason": reason})
+        for (name, version), record in sorted(self._records.items()):
+            if (name, version) in self._views or (version == 0 and name in listed):
+                continue
+            listed.add(name)
+            rows.append(
+                {
+                    "name": name,
+                    "version": str(version) if version else "",
+                    "state": record.state,
+                    "reason": record.reason,
+                }
+            )
+        for name in sorted(set(self._declared) - listed):
+            rows.append(
+                {"name": name, "version": "", "state": "UNAVAILABLE", "reason": self.declared_error(name)}
+            )
+        return [r for r in rows if not ready_only or r["state"] == ModelState.READY.value]
 
     def find(self, name: str, version: str = "") -> ModelView:
         """The view a request names; the highest READY version when ``version`` is empty."""
@@ -220,10 +262,10 @@ class ModelTable:
             parse_version(version)
         views = self.versions_of(name)
         if not views:
-            declared = self._declared.get(name)
-            if declared is not None and declared.error:
+            error = self.declared_error(name)
+            if error:
                 raise ModelNotReady(
-                    f"Request for unknown model: '{name}' has no available versions ({declared.error})"
+                    f"Request for unknown model: '{name}' has no available versions ({error})"
                 )
             raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
         if version:
@@ -254,13 +296,29 @@ class ModelTable:
 
     def declared_error(self, name: str) -> str:
         declared = self._declared.get(name)
-        return declared.error if declared else ""
+        if declared is not None and declared.error:
+            return declared.error
+        reasons = sorted(
+            {
+                r.reason
+                for (n, _), r in self._records.items()
+                if n == name and r.state == "UNAVAILABLE" and r.reason
+            }
+        )
+        return "; ".join(reasons)
+
+    def _unloaded(self, view: ModelView) -> bool:
+        """Unloaded on purpose, by the announcements' markers or the KV bucket."""
+        record = self._records.get((view.name, view.version))
+        if record is not None and record.state == "UNAVAILABLE" and record.reason == UNLOADED_REASON:
+            return not view.live_instances(time.monotonic(), self._stale_after_s)
+        return view.unloaded
 
     def server_ready(self, strict: bool) -> bool:
         """Strict: every model declared or seen is READY.  Otherwise: none is still LOADING."""
         if strict and any(d.error for d in self._declared.values()):
             return False
-        states = [self.state(v) for v in self._views.values() if not v.unloaded]
+        states = [self.state(v) for v in self._views.values() if not self._unloaded(v)]
         if strict:
             return all(s is ModelState.READY for s in states)
         return all(s is not ModelState.LOADING for s in states)

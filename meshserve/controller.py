@@ -35,6 +35,7 @@ from meshserve.lifecycle import close_nats
 from meshserve.messaging import connect_nats
 from meshserve.model_deps import composing_models, dependents_to_unload, load_order
 from meshserve.model_override import materialize, parse_override_config
+from meshserve.model_states import ModelStateStore
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.repo_watch import Fingerprint, RepositoryChanges, RepositoryWatcher, snapshot
@@ -82,6 +83,7 @@ class Controller:
         nats_url: str,
         mode: str = "explicit",
         poll_interval_s: float = 15.0,
+        states: ModelStateStore | None = None,
     ) -> None:
         self._owner = owner
         self._nats_url = nats_url
@@ -98,6 +100,8 @@ class Controller:
         self._override_dirs: dict[str, Path] = {}
         self._load_seq = 0
         self._poll_task: asyncio.Task[None] | None = None
+        self._states = states
+        """The JetStream KV bucket every gateway reads (None: JetStream is off; announcements only)."""
 
     async def start(
         self,
@@ -166,6 +170,13 @@ class Controller:
     async def _announce_removed(self, name: str, versions: tuple[int, ...] = (0,)) -> None:
         for version in versions:
             await self._marker(name, version, mesh_pb2.UNAVAILABLE, REMOVED_REASON)
+        if self._states is not None:
+            gone = await self._states.keys_of(name) if versions == (0,) else versions
+            await self._states.delete(name, gone)
+
+    async def _record(self, name: str, versions: tuple[int, ...], state: str, reason: str = "") -> None:
+        if self._states is not None:
+            await self._states.put_versions(name, versions, state, reason)
 
     # -- requests -----------------------------------------------------------------------------------
     async def _on_request(self, msg: Msg) -> None:
@@ -247,12 +258,19 @@ class Controller:
         if entry is not None:
             await self._clear_unloaded(entry)
         log.info("loading model '%s'%s", name, " (override)" if root is not None else "")
+        target = self._owner.read_entry(name, root)
+        versions = target.versions if target is not None else ()
+        if before is None:  # a reload keeps serving: it stays READY throughout
+            await self._record(name, versions, "LOADING")
         try:
             readies = await self._owner.start_model(name, root)
-        except MeshError:
+        except MeshError as exc:
             if entry is not None:  # still not loaded
                 self._unloaded[name] = entry
                 await self._announce_unloaded()
+                await self._record(name, entry.versions, "UNAVAILABLE", UNLOADED_REASON)
+            elif before is None:
+                await self._record(name, versions, "UNAVAILABLE", exc.message)
             raise
         after = self._owner.entry(name)
         failed = [r for r in readies if r.get("state") != "READY"]
@@ -260,8 +278,11 @@ class Controller:
         workerless = after is not None and bool(composing_models(after.config))
         if failed or not (readies or workerless):
             reason = failed[0].get("reason", "") if failed else "it has no version to serve"
+            if before is None:
+                await self._record(name, versions, "UNAVAILABLE", reason)
             raise Internal(f"failed to load '{name}': {reason}")
         self._loaded[name] = after.config if after is not None else None
+        await self._record(name, after.versions if after is not None else versions, "READY")
         if before is not None and after is not None:
             gone = tuple(v for v in before.versions if v not in after.versions)
             if gone:
@@ -276,6 +297,8 @@ class Controller:
             names += dependents_to_unload(name, self._loaded)
         for model in names:
             log.info("unloading model '%s'%s", model, f" (composed by '{name}')" if model != name else "")
+            loaded = self._owner.entry(model)
+            await self._record(model, loaded.versions if loaded is not None else (), "UNLOADING")
             await self._owner.stop_model(model)
             self._loaded.pop(model, None)
             override = self._override_dirs.pop(model, None)
@@ -284,6 +307,9 @@ class Controller:
             marker = self._owner.read_entry(model)  # the repository's, not an override's
             if marker is not None:
                 self._unloaded[model] = marker
+                if loaded is not None and loaded.versions != marker.versions:
+                    await self._announce_removed(model)  # the override's versions go; the repository's stay
+                await self._record(model, marker.versions, "UNAVAILABLE", UNLOADED_REASON)
             else:  # known only from an override: nothing left to show
                 await self._announce_removed(model)
         await self._announce_unloaded()
@@ -318,3 +344,5 @@ class Controller:
                 entry = self._owner.read_entry(name)
                 if name not in self._loaded and entry is not None:
                     await self._announce_failed(entry)
+                    if entry.error:
+                        await self._record(name, entry.versions, "UNAVAILABLE", entry.error)

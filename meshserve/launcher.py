@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshserve.controller import Controller
+from nats.aio.client import Client
+
+from meshserve.controller import UNLOADED_REASON, Controller
 from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
-from meshserve.lifecycle import install_stop_signals
+from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
+from meshserve.messaging import connect_nats
+from meshserve.model_states import ModelStateStore
 from meshserve.nats_server import EmbeddedNats, find_nats_server, start_nats_server
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.repo_watch import snapshot
@@ -100,6 +104,8 @@ class Launcher:
         self._common: list[str] = []
         self._entries: dict[str, ModelEntry] = {}
         self._controller: Controller | None = None
+        self._states_nc: Client | None = None
+        self._states: ModelStateStore | None = None
 
     async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         process = await asyncio.create_subprocess_exec(
@@ -162,6 +168,10 @@ class Launcher:
             "--event-loop",
             s.event_loop,
         ]
+        self._states_nc = await connect_nats(nats_url, "launcher")
+        self._states = await ModelStateStore.open(self._states_nc)
+        if self._states is not None:
+            await self._states.clear()
         batcher = await self._spawn("batcher", ["batcher", *common])
         await self._wait_ready([batcher])
         g = s.gateway
@@ -178,13 +188,18 @@ class Launcher:
         explicit = s.model_control_mode == "explicit"
         wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in s.load_models]
         models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in wanted if e.error}
-        for ready in await self._start_workers(wanted):
+        await self._declare_states(entries, wanted)
+        readies = await self._start_workers(wanted)
+        for ready in readies:
             key = f"{ready['model']}:{ready['version']}"
             state = ready["state"] if ready["state"] == "READY" else f"{ready['state']}: {ready['reason']}"
             if models.get(key, "READY") == "READY":
                 models[key] = state
+        await self._record_readies(readies)
         if s.model_control_mode in ("explicit", "poll"):
-            self._controller = Controller(self, nats_url, s.model_control_mode, s.repository_poll_s)
+            self._controller = Controller(
+                self, nats_url, s.model_control_mode, s.repository_poll_s, self._states
+            )
             await self._controller.start(
                 [e for e in wanted if not e.error],
                 [e for e in entries if (e not in wanted if explicit else bool(e.error))],
@@ -209,6 +224,35 @@ class Launcher:
             "metrics_ports": gw["metrics_ports"],
             "models": models,
         }
+
+    async def _declare_states(self, entries: list[ModelEntry], wanted: list[ModelEntry]) -> None:
+        """Every model's state in the KV bucket before its workers start."""
+        if self._states is None:
+            return
+        for e in entries:
+            if e.error:
+                await self._states.put_versions(e.name, e.versions, "UNAVAILABLE", e.error)
+            elif e in wanted:
+                await self._states.put_versions(e.name, e.versions, "LOADING")
+            else:
+                await self._states.put_versions(e.name, e.versions, "UNAVAILABLE", UNLOADED_REASON)
+
+    async def _record_readies(self, readies: list[dict[str, Any]]) -> None:
+        """READY when any instance of a version is; else UNAVAILABLE with the first instance's reason."""
+        if self._states is None:
+            return
+        outcome: dict[tuple[str, int], str | None] = {}
+        for r in readies:
+            key = (str(r["model"]), int(r["version"]))
+            if r.get("state") == "READY":
+                outcome[key] = None
+            elif outcome.get(key, "") == "":
+                outcome[key] = str(r.get("reason") or "failed to load")
+        for (model, version), reason in outcome.items():
+            if reason is None:
+                await self._states.put(model, version, "READY")
+            else:
+                await self._states.put(model, version, "UNAVAILABLE", reason)
 
     async def _start_workers(self, entries: list[ModelEntry]) -> list[dict[str, Any]]:
         """One worker per instance of every served version of ``entries``; their ready payloads."""
@@ -332,6 +376,8 @@ class Launcher:
     async def stop(self) -> None:
         if self._controller is not None:
             await self._controller.close()
+        if self._states_nc is not None:
+            await close_nats(self._states_nc)
         for child in reversed(self._children):
             if child.process.returncode is None:
                 child.process.terminate()

@@ -21,7 +21,14 @@ from meshserve.errors import InvalidArgument
 from meshserve.model_config import CONFIG_FILENAME
 from meshserve.pb import model_config_pb2 as mc
 
-__all__ = ["FILE_PREFIX", "MAX_FILE_DEPTH", "NAME_MAX", "check_file_path", "materialize", "parse_override_config"]
+__all__ = [
+    "FILE_PREFIX",
+    "MAX_FILE_DEPTH",
+    "NAME_MAX",
+    "check_file_path",
+    "materialize",
+    "parse_override_config",
+]
 
 FILE_PREFIX = "file:"
 """Load parameters named ``file:<path>`` carry one file of the override model directory."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from meshserve.harness import ROOT, Mesh, start_mesh, wait_for
+from meshserve.logs import READY_MARKER
 
 SIMPLE = ROOT / "examples" / "model_repository" / "simple"
 POLL_S = 0.5
@@ -162,11 +166,60 @@ def test_a_broken_model_shows_why_and_the_rest_keeps_serving(poll_mesh: Mesh, re
     (broken / "1").mkdir(parents=True)
     (broken / "config.pbtxt").write_text("this is { not a config")
     os.replace(broken, repo / "broken")
-    assert wait_for(lambda: "broken" in _index(client), timeout_s=CHANGE_S), _index(client)
-    row = _index(client)["broken"]
-    assert row["state"] == "UNAVAILABLE" and "config.pbtxt" in row["reason"]
+    state = lambda: _index(client).get("broken", {}).get("state")  # noqa: E731
+    assert wait_for(lambda: state() == "UNAVAILABLE", timeout_s=CHANGE_S), _index(client)  # LOADING first
+    assert "config.pbtxt" in _index(client)["broken"]["reason"]
     assert client.is_model_ready("simple")
     # fixed in place: it loads
     _write_config(repo / "broken", "broken", 8)
     shutil.copy(SIMPLE / "1" / "model.py", repo / "broken" / "1" / "model.py")
     assert wait_for(lambda: client.is_model_ready("broken"), timeout_s=CHANGE_S), poll_mesh.log()[-3000:]
+
+
+def test_a_gateway_started_by_hand_later_reads_the_states_from_jetstream(poll_mesh: Mesh, repo: Path) -> None:
+    """A broken model is reported once, by the controller, before this gateway exists and with no worker
+    to speak for it; the gateway has no --model-repository either.  It learns it from the KV bucket."""
+    client = grpcclient.InferenceServerClient(poll_mesh.grpc_url)
+    staging = repo.parent / "staging-unreadable"
+    staging.mkdir()
+    (staging / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: -3\n')
+    os.replace(staging, repo / "unreadable")
+    state = lambda: _index(client).get("unreadable", {}).get("state")  # noqa: E731
+    assert wait_for(lambda: state() == "UNAVAILABLE", timeout_s=CHANGE_S), _index(client)
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshserve.cli",
+            "gateway",
+            "--nats-url",
+            poll_mesh.nats_url,
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        ready = next(
+            json.loads(line[len(READY_MARKER) :]) for line in process.stdout if line.startswith(READY_MARKER)
+        )
+        late = grpcclient.InferenceServerClient(f"127.0.0.1:{ready['grpc_port']}")
+        assert wait_for(lambda: "unreadable" in _index(late), timeout_s=10), _index(late)
+        row = _index(late)["unreadable"]
+        assert row["state"] == "UNAVAILABLE" and "max_batch_size" in row["reason"]
+        assert wait_for(lambda: late.is_model_ready("simple"), timeout_s=10)  # workers answer its query
+        with pytest.raises(InferenceServerException) as err:
+            late.get_model_metadata("unreadable")
+        assert "max_batch_size" in err.value.message()
+    finally:
+        process.terminate()
+        process.wait(30)
