@@ -297,6 +297,8 @@ class Launcher:
 
     def read_entry(self, name: str, repository: Path | None = None) -> ModelEntry | None:
         """The model as its directory under ``repository`` (default: the model repository) reads now."""
+        if not name or "/" in name or "\0" in name or name.startswith("."):
+            return None  # never a path outside the repository, never a hidden directory
         model_dir = (repository or self._settings.model_repository) / name
         if not model_dir.is_dir():
             return None

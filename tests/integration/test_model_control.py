@@ -200,6 +200,10 @@ def test_override_errors_say_what_is_wrong(explicit_mesh: Mesh) -> None:
     with pytest.raises(InferenceServerException) as no_files:
         client.load_model("not_in_repo", config=json.dumps(OVERRIDE_CONFIG))
     assert "file:<version>/<name>" in no_files.value.message()
+    for outside in ("../models", "simple/1", ".hidden"):  # never a path outside the repository
+        with pytest.raises(InferenceServerException) as escaped:
+            client.load_model(outside)
+        assert "failed to load" in escaped.value.message()
     assert client.is_model_ready("simple")  # a failed override load leaves the loaded model alone
 
 
