@@ -20,6 +20,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from meshserve.controller import UNLOADED_REASON, Controller
+from meshserve.ensemble import is_ensemble, with_step_models
 from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
@@ -189,7 +190,8 @@ class Launcher:
         self._common = common
         self._entries = {e.name: e for e in entries}
         explicit = s.model_control_mode == "explicit"
-        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in s.load_models]
+        named = with_step_models(set(s.load_models), {e.name: e.config for e in entries})
+        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in named]
         models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in wanted if e.error}
         await self._declare_states(entries, wanted)
         readies = await self._start_workers(wanted)
@@ -199,6 +201,10 @@ class Launcher:
             if models.get(key, "READY") == "READY":
                 models[key] = state
         await self._record_readies(readies)
+        if self._states is not None:  # an ensemble has no worker: loaded once its steps are started
+            for e in wanted:
+                if not e.error and e.config is not None and is_ensemble(e.config):
+                    await self._states.put_versions(e.name, e.versions, "READY")
         if s.model_control_mode in ("explicit", "poll"):
             self._controller = Controller(
                 self, nats_url, s.model_control_mode, s.repository_poll_s, self._states

@@ -116,14 +116,16 @@ class ModelStateRecord:
 def combined_state(live: bool, announced: str, record: ModelStateRecord | None) -> tuple[str, str | None]:
     """What a gateway shows for one model version: (state, reason or None to keep its own).
 
-    ``live``: an instance heartbeats READY; ``announced``: the gateway's own state from
-    announcements.  UNLOADING wins (requests in flight finish, Triton shows UNLOADING); then live
-    instances (READY); then the declared state with its reason; then the gateway's own."""
+    ``live``: an instance heartbeats READY; ``announced``: the gateway's own state (from
+    announcements, or derived from the steps for an ensemble).  UNLOADING wins (requests in flight
+    finish, Triton shows UNLOADING); then READY (live instances, or the gateway's own); then a
+    declared UNAVAILABLE with its reason (a failed load, "unloaded"); else the gateway's own state —
+    a declared LOADING or READY adds nothing the gateway does not see better itself."""
     if record is not None and record.state == "UNLOADING":
         return "UNLOADING", record.reason
-    if live:
+    if live or announced == "READY":
         return "READY", None
-    if record is not None and record.state != "READY":
+    if record is not None and record.state == "UNAVAILABLE":
         return record.state, record.reason
     return announced, None
 

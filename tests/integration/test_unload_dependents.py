@@ -1,8 +1,4 @@
-"""RepositoryModelUnload with ``unload_dependents``, and loads of an ensemble (explicit mode).
-
-Its own mesh: the ensemble here needs the ensemble scheduler (another branch); until it is there,
-the ensemble cannot load and the test says so instead of failing.
-"""
+"""RepositoryModelUnload with ``unload_dependents``, and loads of an ensemble (explicit mode)."""
 
 from __future__ import annotations
 
@@ -11,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from meshserve.harness import ROOT, Mesh, start_mesh, wait_for
 
@@ -58,13 +53,8 @@ def _index(client: grpcclient.InferenceServerClient) -> dict[str, dict[str, str]
 
 def test_unload_dependents_unloads_an_ensembles_composing_models(explicit_mesh: Mesh) -> None:
     client = grpcclient.InferenceServerClient(explicit_mesh.grpc_url)
-    try:
-        client.load_model("pipe")
-    except InferenceServerException as exc:
-        if "ensemble" in exc.message() or "backend" in exc.message():
-            client.unload_model("step_a")
-            pytest.skip(f"ensembles are not served on this branch yet: {exc.message()}")
-        raise
+    client.load_model("pipe")
+    assert wait_for(lambda: client.is_model_ready("pipe"), timeout_s=10)
     assert client.is_model_ready("step_a")  # loading an ensemble loads what it composes (Triton)
     client.unload_model("pipe")
     assert client.is_model_ready("step_a")  # without unload_dependents, the steps stay

@@ -39,6 +39,10 @@ def test_combined_state_precedence() -> None:
     assert combined_state(False, "LOADING", failed) == ("UNAVAILABLE", "boom")
     assert combined_state(False, "UNAVAILABLE", ready) == ("UNAVAILABLE", None)  # READY needs a live instance
     assert combined_state(False, "LOADING", None) == ("LOADING", None)
+    # an ensemble: no instances, its state derived from its steps by the gateway
+    loading = ModelStateRecord("m", 1, "LOADING")
+    assert combined_state(False, "READY", loading) == ("READY", None)
+    assert combined_state(False, "UNAVAILABLE", loading) == ("UNAVAILABLE", None)
 
 
 def _ready(model: str = "m") -> mesh_pb2.WorkerAnnouncement:
