@@ -158,7 +158,9 @@ class InferenceCore:
     ) -> None:
         """RepositoryModelLoad / Unload through the model controller (explicit mode); ``params`` are
         the request's parameters (``config``, ``file:<path>``, ``unload_dependents``)."""
-        check_model_name(model)  # before the name travels anywhere near the repository
+        check_model_name(
+            model, "load" if load else "unload"
+        )  # before the name travels anywhere near the repository
         request = control_request(
             model, load, params or {}, self.settings.limits.max_message_bytes, base64_files
         )

@@ -185,7 +185,9 @@ class Controller:
         reply = mesh_pb2.ControlReply()
         try:
             request.ParseFromString(msg.data)
-            check_model_name(request.model_name)  # the gateway checked too; NATS may have other clients
+            check_model_name(
+                request.model_name, "load" if request.load else "unload"
+            )  # the gateway checked too; NATS may have other clients
             if self._mode == "poll":
                 raise Unavailable(POLL_REFUSAL)
             async with self._lock:  # one load/unload at a time

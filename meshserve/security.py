@@ -150,9 +150,10 @@ def check_token(auth: AuthSettings, need: Need, authorization: str | None) -> No
 _FORBIDDEN_IN_NAMES = ("/", "\\", "\x00")
 
 
-def check_model_name(name: str) -> None:
+def check_model_name(name: str, action: str = "") -> None:
     """A model name from a request names a directory of the repository only through the index; still,
-    refuse up front anything that could walk a path, so no later step ever has to be careful."""
+    refuse up front anything that could walk a path, so no later step ever has to be careful.
+    ``action`` ("load", "unload") opens the message with Triton's "failed to load '<name>'"."""
     if (
         not name
         or name in (".", "..")
@@ -161,7 +162,10 @@ def check_model_name(name: str) -> None:
         or not name.isprintable()
         or len(name) > 255
     ):
+        lead = (
+            f"failed to {action} {name!r}: invalid model name" if action else f"invalid model name {name!r}"
+        )
         raise InvalidArgument(
-            f"invalid model name {name!r}: a model name is one directory name of the repository "
+            f"{lead}: a model name is one directory name of the repository "
             "(no '/', '\\', NUL, leading '.', control characters; at most 255 characters)"
         )
