@@ -21,7 +21,7 @@ from meshserve import subjects
 from meshserve.errors import MeshError, Unavailable
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
-from meshserve.messaging import connect_nats
+from meshserve.messaging import NatsEvents, connect_service
 from meshserve.pb import mesh_pb2
 from meshserve.settings import BatcherSettings
 
@@ -219,7 +219,7 @@ def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
 
 async def run(settings: BatcherSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
-    nc = await connect_nats(settings.nats_url, "batcher")
+    nc = await connect_service(settings.nats_url, "batcher", settings.limits, NatsEvents(gave_up=[stop.set]))
     try:
         async with asyncio.TaskGroup() as tg:
             batcher = Batcher(settings, nc, tg)

@@ -19,7 +19,7 @@ from gateway.peers import GatewayPeers
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
-from meshserve.messaging import connect_nats
+from meshserve.messaging import NatsEvents, connect_service
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 from meshserve.pb import mesh_pb2
 from meshserve.settings import GatewaySettings
@@ -31,7 +31,8 @@ __all__ = ["run"]
 
 async def run(settings: GatewaySettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
-    nc = await connect_nats(settings.nats_url, "gateway")
+    events = NatsEvents(gave_up=[stop.set])
+    nc = await connect_service(settings.nats_url, "gateway", settings.limits, events)
     models = ModelTable(settings.instance_stale_after_s)
     if settings.model_repository is not None:
         models.load_repository(settings.model_repository)
@@ -47,7 +48,9 @@ async def run(settings: GatewaySettings) -> None:
 
     await nc.subscribe(subjects.worker_announce(), cb=on_announce)
     await nc.publish(subjects.worker_query(), b"")
-    core = InferenceCore(settings, models, Dispatcher(nc))
+    dispatcher = Dispatcher(nc)
+    events.disconnected.append(dispatcher.connection_lost)
+    core = InferenceCore(settings, models, dispatcher)
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
 

@@ -14,7 +14,7 @@ from meshserve import subjects
 from meshserve.errors import MeshError
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
-from meshserve.messaging import connect_nats
+from meshserve.messaging import NatsEvents, connect_service
 from meshserve.model_config import complete_config, config_from_bytes, config_to_json, load_config
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
@@ -117,7 +117,12 @@ async def _load(
 
 async def run(settings: WorkerSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
-    nc = await connect_nats(settings.nats_url, f"worker-{settings.model_name}-{settings.instance_index}")
+    nc = await connect_service(
+        settings.nats_url,
+        f"worker-{settings.model_name}-{settings.instance_index}",
+        settings.limits,
+        NatsEvents(gave_up=[stop.set]),
+    )
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     announcer = Announcer(nc, settings, address="")  # the batch endpoint opens once the model is loaded
     server: BatchServer | None = None

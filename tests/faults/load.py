@@ -39,15 +39,19 @@ class Tally:
     unclear: list[str] = field(default_factory=list)
     lost: int = 0
     ok_latencies_s: list[float] = field(default_factory=list)
-    events: list[tuple[float, str]] = field(default_factory=list)
-    """(monotonic time, outcome) per request, for "did it serve again after X"."""
+    events: list[tuple[float, str, float]] = field(default_factory=list)
+    """(monotonic end time, outcome, seconds taken) per request, for "did it serve again after X"."""
 
     @property
     def failed_clearly(self) -> int:
         return sum(self.clear.values())
 
     def ok_after(self, t: float) -> int:
-        return sum(1 for at, outcome in self.events if at >= t and outcome == "ok")
+        return sum(1 for at, outcome, _ in self.events if at >= t and outcome == "ok")
+
+    def slowest(self, outcome: str) -> float:
+        """The longest a request with this outcome took (0 when none)."""
+        return max((took for _, out, took in self.events if out == outcome), default=0.0)
 
     def row(self) -> str:
         """One line for docs/reliability.md: sent / succeeded / failed clearly / lost."""
@@ -152,7 +156,8 @@ class Load:
                 tally.ok += 1
                 tally.ok_latencies_s.append(time.monotonic() - start)
                 outcome = "ok"
-        tally.events.append((time.monotonic(), outcome))
+        end = time.monotonic()
+        tally.events.append((end, outcome, end - start))
         return outcome
 
 
