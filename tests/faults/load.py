@@ -201,3 +201,12 @@ def fp32_call(model: str, width: int, timeout_us: int = 0) -> tuple[Call, Check]
         return bool(np.array_equal(result.as_numpy("OUT"), sent.pop(id(result))))
 
     return call, check
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll ``predicate`` from inside the event loop (the load keeps running meanwhile)."""
+    for _ in range(max(1, int(timeout_s / interval_s))):
+        if predicate():
+            return True
+        await asyncio.sleep(interval_s)
+    return predicate()

@@ -12,7 +12,7 @@ import pytest
 
 from meshserve.harness import wait_for
 from tests.faults.conftest import REQUEST_TIMEOUT_S, fault_repository, live_instances
-from tests.faults.load import Load, Tally, fp32_call
+from tests.faults.load import Load, Tally, eventually, fp32_call
 from tests.faults.procs import HandMesh
 
 OUTAGE_S = 1.5
@@ -53,8 +53,7 @@ def test_nats_restart_under_load(mesh: HandMesh) -> None:
         await asyncio.to_thread(mesh.start_nats, mesh.nats_port)
         restarted_at = time.monotonic()
         # new requests succeed again once every service has reconnected (reconnect wait + heartbeat)
-        while load.tally.ok_after(restarted_at) < 20 and time.monotonic() - restarted_at < 15:
-            await asyncio.sleep(0.2)
+        await eventually(lambda: load.tally.ok_after(restarted_at) >= 20, timeout_s=15)
         return await load.stop(), restarted_at
 
     tally, restarted_at = asyncio.run(scenario())
