@@ -49,6 +49,7 @@ class Batcher:
         self._intake = await self._nc.subscribe(
             subjects.infer_all(), queue=subjects.BATCHER_QUEUE_GROUP, cb=self._on_request
         )
+        await self._nc.subscribe(subjects.cancel_all(), cb=self._on_cancel)
         await self._nc.publish(subjects.worker_query(), b"")
         self._tg.create_task(self._reap_stale())
 
@@ -82,6 +83,14 @@ class Batcher:
             error = scheduler.admit(item)
         if error is not None:
             await self.reply_error(item, error)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A gateway's requester went away: its request leaves whichever queue holds it."""
+        reply_to = msg.data.decode(errors="replace")
+        for scheduler in self._schedulers.values():
+            if scheduler.cancel(reply_to):
+                log.debug("request for %s dropped from the queue of %s: cancelled", reply_to, scheduler.model)
+                return
 
     async def reply_error(self, item: Queued, error: MeshError) -> None:
         if not item.reply_to:

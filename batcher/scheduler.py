@@ -67,6 +67,8 @@ class ModelScheduler:
         self._queues: PriorityQueues[Queued] = PriorityQueues(list(rules.policies), rules.default_level)
         self._links: dict[str, InstanceLink] = {}
         self._wake = asyncio.Event()
+        self.cancelled = 0
+        """Requests taken out of the queue because their requester went away."""
 
     @property
     def depth(self) -> int:
@@ -98,6 +100,15 @@ class ModelScheduler:
         self._queues.push(item, level)
         self._wake.set()
         return None
+
+    def cancel(self, reply_to: str) -> int:
+        """The requester behind ``reply_to`` is gone: drop its request from the queue (nobody to answer).
+        Returns how many were dropped (0: not queued here: already sent, answered, or elsewhere)."""
+        removed = self._queues.remove_where(lambda item: item.reply_to == reply_to)
+        if removed:
+            self.cancelled += len(removed)
+            self._wake.set()
+        return len(removed)
 
     def add_link(self, link: InstanceLink) -> None:
         self._links[link.instance_id] = link

@@ -68,7 +68,9 @@ async def run(settings: GatewaySettings) -> None:
         raise SystemExit(f"gateway: cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     await grpc_server.start()
 
-    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that disconnects cancels its handler, so its request is
+    # cancelled through the mesh (the batcher drops it from its queue) instead of running for nobody
+    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     http_socket = _bind("HTTP", settings.host, settings.http_port, settings.reuse_port)
     await web.SockSite(runner, http_socket).start()

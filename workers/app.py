@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from meshserve import subjects
 from meshserve.errors import MeshError
@@ -21,6 +22,7 @@ from meshserve.pb import model_config_pb2 as mc
 from meshserve.settings import WorkerSettings
 from workers.backends import create_backend
 from workers.backends.base import Backend, ConfigCompleter, LoadContext
+from workers.cancels import CancelBook
 from workers.executor import BatchExecutor
 from workers.server import BatchServer
 from workers.warmup import run_warmup
@@ -131,6 +133,12 @@ async def run(settings: WorkerSettings) -> None:
         await announcer.publish()
 
     await nc.subscribe(subjects.worker_query(), cb=on_query)
+    cancels = CancelBook()
+
+    async def on_cancel(msg: Msg) -> None:
+        cancels.add(msg.data.decode(errors="replace"))
+
+    await nc.subscribe(subjects.cancel(settings.model_name, settings.model_version), cb=on_cancel)
     backend: Backend | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -144,6 +152,7 @@ async def run(settings: WorkerSettings) -> None:
                     compute,
                     settings.limits.max_message_bytes,
                     decoupled=loaded.model_transaction_policy.decoupled,
+                    cancels=cancels,
                 )
                 server = BatchServer(executor, settings.limits.frame_bytes)
                 port = await server.start(settings.host, settings.port)

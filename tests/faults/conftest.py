@@ -28,12 +28,14 @@ def fault_repository(target: Path, *names: str) -> Path:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text page (0 when absent)."""
+    """One sample of a Prometheus text page, labels in any order (0 when absent)."""
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    want = {f'{k}="{v}"' for k, v in labels.items()}
     for row in text.splitlines():
-        if row.startswith(f"{name}{{{want}") or (not labels and row.startswith(f"{name} ")):
-            return float(row.rsplit(" ", 1)[1])
+        head, _, value = row.rpartition(" ")
+        sample, _, rest = head.partition("{")
+        if sample == name and want <= set(rest.rstrip("}").split(",")) - {""}:
+            return float(value)
     return 0.0
 
 
