@@ -145,7 +145,7 @@ def test_a_cancelled_stream_stops_the_generation(mesh: HandMesh) -> None:
         try:
             stream = client.stream_infer(requests())
             got = 0
-            async for result, error in stream:
+            async for _result, error in stream:
                 assert error is None, error
                 got += 1
                 if got == 3:
