@@ -201,13 +201,24 @@ class Batcher:
                     await self._remove_instance(key, instance_id, silent=True)
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop taking requests, answer the queued ones, let batches in flight finish (bounded: their
-        workers answer them), then close the links without reporting them lost."""
+        """Stop taking requests, hand the queued ones to the other batchers, let batches in flight
+        finish (bounded: their workers answer them), then close the links without reporting them lost."""
         self._stopping = True
         if self._intake is not None:
-            await self._intake.unsubscribe()
+            # drain, not unsubscribe: unsubscribe discards requests already delivered to this process
+            # but not yet read, which would then wait for their deadline
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._intake.drain()
+            except Exception as exc:
+                log.warning("draining the request subscription failed: %s", exc)
+        handed = 0
         for scheduler in self._schedulers.values():
-            await scheduler.drain(Unavailable("batcher is shutting down"))
+            for item in scheduler.take_all():
+                await self._hand_off(item)
+                handed += 1
+        if handed:
+            log.info("handed %d queued requests to the other batchers", handed)
         links = [link for scheduler in self._schedulers.values() for link in scheduler.links.values()]
         if any(link.inflight for link in links):
             try:
@@ -218,6 +229,20 @@ class Batcher:
         for link in links:
             link.retire()
             await link.close()
+
+    async def _hand_off(self, item: Queued) -> None:
+        """Publish a queued request again, as its gateway did (same bytes, same reply subject): another
+        batcher takes it.  With none left, nats-server answers the reply subject "no responders" and the
+        gateway answers UNAVAILABLE; our own subscription is already gone, so it never comes back here."""
+        if not item.reply_to:
+            return
+        try:
+            await self._nc.publish(
+                subjects.infer(item.model_name, item.model_version), item.raw, reply=item.reply_to
+            )
+        except Exception as exc:
+            log.warning("cannot hand request %r to another batcher: %s", item.request_id, exc)
+            await self.reply_error(item, Unavailable("batcher is shutting down"))
 
 
 def _monotonic_deadline(deadline_unix_ns: int) -> float | None:

@@ -216,6 +216,10 @@ class ModelScheduler:
         if retry:
             self._wake.set()
 
+    def take_all(self) -> list[Queued]:
+        """Empty the queues without answering (the caller hands the requests on)."""
+        return self._queues.drain()
+
     async def drain(self, error: MeshError) -> None:
         for item in self._queues.drain():
             await self._reply_error(item, error)

@@ -1,0 +1,117 @@
+"""Several batchers and gateways: stop (SIGTERM) or kill (-9) one under load; the others carry it.
+
+Two batchers share the requests (NATS queue group); two gateways share the client ports
+(SO_REUSEPORT), and a client whose gateway went away reconnects to the same port and gets the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from meshserve.harness import wait_for
+from tests.faults.conftest import fault_repository, live_instances
+from tests.faults.load import Load, Tally, fp32_call
+from tests.faults.procs import HandMesh, Proc
+
+REQUEST_TIMEOUT_S = 4.0
+"""Short: requests queued in a batcher killed with -9 end at their deadline (nobody else knows them)."""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
+    base = tmp_path_factory.mktemp("several")
+    repository = fault_repository(base / "models", "pace")
+    mesh = HandMesh(base, repository, "--request-timeout-secs", str(REQUEST_TIMEOUT_S))
+    try:
+        mesh.start_nats()
+        mesh.batcher()
+        mesh.batcher()
+        first = mesh.gateway(reuse_port=True)
+        mesh.gateway(grpc_port=first.ready["grpc_port"], http_port=first.ready["http_port"], reuse_port=True)
+        mesh.worker("pace", 0)
+        mesh.worker("pace", 1)
+        yield mesh
+    finally:
+        mesh.close()
+
+
+def _live(mesh: HandMesh, role: str) -> list[Proc]:
+    return [p for p in mesh.procs if p.name.startswith(role) and p.alive()]
+
+
+def _grpc_url(mesh: HandMesh) -> str:
+    return f"127.0.0.1:{_live(mesh, 'gateway')[0].ready['grpc_port']}"
+
+
+def _ready(mesh: HandMesh) -> None:
+    for gw in _live(mesh, "gateway"):
+        metrics = f"http://127.0.0.1:{gw.ready['metrics_port']}/metrics"
+        assert wait_for(lambda: live_instances(metrics, "pace") == 2, timeout_s=10), mesh.logs()  # noqa: B023
+
+
+def _under_load(mesh: HandMesh, victim: Proc, sig: signal.Signals) -> tuple[Tally, int | None, float]:
+    """8 clients for 1 s, then ``sig`` to ``victim``, then 2.5 s more; (tally, exit code, fault time)."""
+    call, check = fp32_call("pace", 4)
+
+    async def scenario() -> tuple[Tally, int | None, float]:
+        load = Load(_grpc_url(mesh), call, check=check, concurrency=8, deadline_s=REQUEST_TIMEOUT_S)
+        load.start()
+        await asyncio.sleep(1.0)
+        victim.signal(sig)
+        at = time.monotonic()
+        code = await asyncio.to_thread(victim.wait, 15)
+        await asyncio.sleep(2.5)
+        return await load.stop(), code, at
+
+    return asyncio.run(scenario())
+
+
+def test_sigterm_a_batcher_hands_its_queue_to_the_other(mesh: HandMesh) -> None:
+    _ready(mesh)
+    victim = _live(mesh, "batcher")[0]
+    tally, code, at = _under_load(mesh, victim, signal.SIGTERM)
+    print("SIGTERM batcher (2 running):", tally.row())
+    assert code == 0, victim.log()[-2000:]
+    tally.check(min_ok=20)
+    assert tally.failed_clearly == 0, tally.row()  # nothing refused: the other batcher took it all
+    assert tally.ok_after(at + 0.5) > 0
+    mesh.batcher()  # back to two
+
+
+def test_kill_9_a_batcher_the_other_carries_the_load(mesh: HandMesh) -> None:
+    _ready(mesh)
+    victim = _live(mesh, "batcher")[0]
+    tally, _, at = _under_load(mesh, victim, signal.SIGKILL)
+    print("kill -9 batcher (2 running):", tally.row())
+    tally.check(min_ok=20)
+    assert set(tally.clear) <= {"DEADLINE_EXCEEDED"}, tally.row()  # what it held ends at its deadline
+    assert tally.ok_after(at + 0.5) > 0
+    mesh.batcher()
+
+
+def test_sigterm_a_gateway_the_other_takes_the_clients(mesh: HandMesh) -> None:
+    _ready(mesh)
+    victim, other = _live(mesh, "gateway")[:2]
+    tally, code, at = _under_load(mesh, victim, signal.SIGTERM)
+    print("SIGTERM gateway (2 running):", tally.row())
+    assert code == 0, victim.log()[-2000:]
+    tally.check(min_ok=20)
+    assert set(tally.clear) <= {"UNAVAILABLE"}, tally.row()
+    assert tally.ok_after(at + 0.5) > 0
+    ports = other.ready
+    mesh.gateway(grpc_port=ports["grpc_port"], http_port=ports["http_port"], reuse_port=True)
+
+
+def test_kill_9_a_gateway_clients_reconnect_to_the_other(mesh: HandMesh) -> None:
+    _ready(mesh)
+    victim = _live(mesh, "gateway")[-1]
+    tally, _, at = _under_load(mesh, victim, signal.SIGKILL)
+    print("kill -9 gateway (2 running):", tally.row())
+    tally.check(min_ok=20)
+    assert set(tally.clear) <= {"UNAVAILABLE"}, tally.row()  # its clients' connections broke
+    assert tally.ok_after(at + 0.5) > 0
