@@ -1,4 +1,5 @@
 """Several batchers and gateways: stop (SIGTERM) or kill (-9) one under load; the others carry it.
+Then nats-server itself is killed and restarted on the same port.
 
 Two batchers share the requests (NATS queue group); two gateways share the client ports
 (SO_REUSEPORT), and a client whose gateway went away reconnects to the same port and gets the other.
@@ -15,9 +16,10 @@ import pytest
 
 from meshserve.harness import wait_for
 from tests.faults.conftest import fault_repository, live_instances
-from tests.faults.load import Load, Tally, fp32_call
+from tests.faults.load import Load, Tally, eventually, fp32_call
 from tests.faults.procs import HandMesh, Proc
 
+NATS_OUTAGE_S = 1.5
 REQUEST_TIMEOUT_S = 4.0
 """Short: requests queued in a batcher killed with -9 end at their deadline (nobody else knows them)."""
 
@@ -115,3 +117,36 @@ def test_kill_9_a_gateway_clients_reconnect_to_the_other(mesh: HandMesh) -> None
     tally.check(min_ok=20)
     assert set(tally.clear) <= {"UNAVAILABLE"}, tally.row()  # its clients' connections broke
     assert tally.ok_after(at + 0.5) > 0
+
+
+def test_nats_restart_under_load(mesh: HandMesh) -> None:
+    """Every service reconnects by itself; what was in flight ends at once with UNAVAILABLE (not at
+    its deadline); new requests succeed again after the restart."""
+    _ready(mesh)
+    services = [p for p in mesh.procs if p is not mesh.nats and p.alive()]
+    call, check = fp32_call("pace", 4)
+
+    async def scenario() -> tuple[Tally, float]:
+        load = Load(
+            _grpc_url(mesh), call, check=check, concurrency=8, deadline_s=REQUEST_TIMEOUT_S, interval_s=0.01
+        )
+        load.start()
+        await asyncio.sleep(1.0)
+        assert mesh.nats is not None
+        mesh.nats.signal(signal.SIGKILL)
+        await asyncio.to_thread(mesh.nats.wait, 5)
+        await asyncio.sleep(NATS_OUTAGE_S)
+        await asyncio.to_thread(mesh.start_nats, mesh.nats_port)
+        restarted_at = time.monotonic()
+        # new requests succeed again once every service has reconnected (reconnect wait + heartbeat)
+        await eventually(lambda: load.tally.ok_after(restarted_at) >= 20, timeout_s=15)
+        return await load.stop(), restarted_at
+
+    tally, restarted_at = asyncio.run(scenario())
+    print("nats restart:", tally.row(), f"slowest error {tally.slowest('UNAVAILABLE'):.2f} s")
+    tally.check(min_ok=20)
+    assert all(p.alive() for p in services), mesh.logs()
+    assert tally.ok_after(restarted_at) >= 20, f"no recovery after the restart: {tally.row()}\n{mesh.logs()}"
+    # what was in flight when NATS went away ended with a clear error well before its deadline
+    assert tally.clear["DEADLINE_EXCEEDED"] == 0, tally.row()
+    assert tally.slowest("UNAVAILABLE") < REQUEST_TIMEOUT_S / 2, tally.slowest("UNAVAILABLE")
