@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import grpc
 from aiohttp import web
@@ -18,6 +17,7 @@ from gateway.models import ModelTable
 from gateway.peers import GatewayPeers
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
+from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
 from meshserve.messaging import NatsEvents, connect_service
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
@@ -72,11 +72,11 @@ async def run(settings: GatewaySettings) -> None:
     # cancelled through the mesh (the batcher drops it from its queue) instead of running for nobody
     runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    http_socket = _bind("HTTP", settings.host, settings.http_port, settings.reuse_port)
+    http_socket = bind_listener("HTTP", settings.host, settings.http_port, settings.reuse_port)
     await web.SockSite(runner, http_socket).start()
     http_port = http_socket.getsockname()[1]
 
-    metrics_socket = _bind("metrics", settings.host, settings.metrics_port)
+    metrics_socket = bind_listener("metrics", settings.host, settings.metrics_port)
     metrics_runner = await start_metrics_server(
         build_registry(core.stats, models.live_instances), metrics_socket
     )
@@ -98,19 +98,3 @@ async def run(settings: GatewaySettings) -> None:
         await metrics_runner.cleanup()
         await core.peers.stop()
         await close_nats(nc)
-
-
-def _bind(what: str, host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """Bind a listening socket ourselves so the port actually bound (port 0 = a free one) is known."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(f"gateway: cannot bind {what} on {host}:{port}: {exc}") from exc
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
