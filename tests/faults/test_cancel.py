@@ -34,7 +34,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
     mesh = HandMesh(base, repository, "--request-timeout-secs", str(REQUEST_TIMEOUT_S))
     try:
         mesh.start_nats()
-        mesh.batcher()
+        mesh.batcher("--metrics-port", "0")
         mesh.gateway()
         mesh.worker("pace", 0)
         mesh.worker("ticker", 0)
