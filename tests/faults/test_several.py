@@ -57,7 +57,7 @@ def _ready(mesh: HandMesh) -> None:
 
 
 def _under_load(mesh: HandMesh, victim: Proc, sig: signal.Signals) -> tuple[Tally, int | None, float]:
-    """8 clients for 1 s, then ``sig`` to ``victim``, then 2.5 s more; (tally, exit code, fault time)."""
+    """8 clients for 1 s, then ``sig`` to ``victim``, then 2 s more; (tally, exit code, fault time)."""
     call, check = fp32_call("pace", 4)
 
     async def scenario() -> tuple[Tally, int | None, float]:
@@ -67,7 +67,7 @@ def _under_load(mesh: HandMesh, victim: Proc, sig: signal.Signals) -> tuple[Tall
         victim.signal(sig)
         at = time.monotonic()
         code = await asyncio.to_thread(victim.wait, 15)
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(2.0)
         return await load.stop(), code, at
 
     return asyncio.run(scenario())

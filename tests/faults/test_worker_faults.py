@@ -69,7 +69,7 @@ def test_kill_9_mid_batch_retries_drops_and_a_restarted_worker_rejoins(mesh: Han
         fresh = await asyncio.to_thread(mesh.worker, "pace", 0)
         joined = await asyncio.to_thread(wait_for, lambda: live_instances(metrics_url, "pace") == 2, 15)
         joined_at = time.monotonic()
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.5)
         return await load.stop(), dropped, dropped_after, fresh, joined, joined_at
 
     tally, dropped, dropped_after, fresh, joined, joined_at = asyncio.run(scenario())
