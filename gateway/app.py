@@ -93,7 +93,9 @@ async def run(settings: GatewaySettings) -> None:
         await stop.wait()
         core.shutting_down = True
     finally:
-        await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
+        # stop listening at once (another gateway on the same port takes new connections) and let the
+        # RPCs in flight finish: none can outlive its deadline, so the request timeout bounds the wait
+        await grpc_server.stop(grace=settings.limits.request_timeout_s)
         await runner.cleanup()
         await metrics_runner.cleanup()
         await core.peers.stop()
