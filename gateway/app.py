@@ -94,8 +94,9 @@ async def run(settings: GatewaySettings) -> None:
         core.shutting_down = True
     finally:
         # stop listening at once (another gateway on the same port takes new connections) and let the
-        # RPCs in flight finish: none can outlive its deadline, so the request timeout bounds the wait
-        await grpc_server.stop(grace=settings.limits.request_timeout_s)
+        # RPCs in flight finish, up to their deadline; at most 10 s, so that an idle stream a client
+        # keeps open cannot hold the shutdown past the launcher's exit timeout
+        await grpc_server.stop(grace=min(settings.limits.request_timeout_s, 10.0))
         await runner.cleanup()
         await metrics_runner.cleanup()
         await core.peers.stop()
