@@ -17,11 +17,13 @@ from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import NatsEvents, connect_service
 from meshserve.model_config import complete_config, config_from_bytes, config_to_json, load_config
+from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.settings import WorkerSettings
 from workers.backends import create_backend
 from workers.backends.base import Backend, ConfigCompleter, LoadContext
+from workers.bls import BlsClient, install
 from workers.cancels import CancelBook
 from workers.executor import BatchExecutor
 from workers.server import BatchServer
@@ -125,6 +127,8 @@ async def run(settings: WorkerSettings) -> None:
         settings.limits,
         NatsEvents(gave_up=[stop.set]),
     )
+    # NATS is reachable now, so is the route to it that a wildcard --host announces
+    host = advertised_host(settings.host, settings.advertise_host, settings.nats_url)
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     announcer = Announcer(nc, settings, address="")  # the batch endpoint opens once the model is loaded
     server: BatchServer | None = None
@@ -139,6 +143,16 @@ async def run(settings: WorkerSettings) -> None:
         cancels.add(msg.data.decode(errors="replace"))
 
     await nc.subscribe(subjects.cancel(settings.model_name, settings.model_version), cb=on_cancel)
+    # python models' BLS requests go out on this worker's NATS connection (workers/bls.py)
+    install(
+        BlsClient(
+            nc,
+            asyncio.get_running_loop(),
+            settings.model_name,
+            settings.limits.request_timeout_s,
+            settings.limits.max_message_bytes,
+        )
+    )
     backend: Backend | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -156,7 +170,7 @@ async def run(settings: WorkerSettings) -> None:
                 )
                 server = BatchServer(executor, settings.limits.frame_bytes)
                 port = await server.start(settings.host, settings.port)
-                announcer.message.address = f"{settings.host}:{port}"
+                announcer.message.address = f"{host}:{port}"
                 await announcer.publish(mesh_pb2.READY, "")
             announce_ready(
                 "worker",
