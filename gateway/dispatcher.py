@@ -147,7 +147,7 @@ class ReplyInbox:
     def fail_all(self, error: MeshError) -> None:
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(type(error)(error.message))  # one instance per waiter
 
     async def request(
         self, request: mesh_pb2.InferRequest, subject: str, data: bytes, timeout_s: float
