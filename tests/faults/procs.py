@@ -168,17 +168,19 @@ class HandMesh:
         )  # fmt: skip
 
     def close(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM every live process (services first, nats-server last), then SIGKILL stragglers."""
-        ordered = [p for p in self.procs if p is not self.nats] + ([self.nats] if self.nats else [])
-        for proc in ordered:
-            proc.signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for proc in ordered:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        """SIGTERM the services and wait for them (they drain while NATS is still up), then nats-server;
+        SIGKILL whatever did not stop in time."""
+        services = [p for p in self.procs if p is not self.nats]
+        for group in (services, [self.nats] if self.nats else []):
+            for proc in group:
+                proc.signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            for proc in group:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
 
     def _log_path(self, name: str) -> Path:
         return self.base / f"{name}.log"

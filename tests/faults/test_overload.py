@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcaio
 
+from meshserve.harness import wait_for
 from tests.faults.conftest import REQUEST_TIMEOUT_S, fault_repository
 from tests.faults.load import Load, Tally, simple_call
 from tests.faults.procs import HandMesh, Proc
@@ -23,13 +24,15 @@ MIB = 1024
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
     base = tmp_path_factory.mktemp("overload")
-    repository = fault_repository(base / "models", "small_queue", "repeat_int32", "simple_identity", "simple")
+    repository = fault_repository(base / "models", "small_queue", "ticker", "simple_identity", "simple")
+    config = repository / "ticker" / "config.pbtxt"  # as fast as it can: the stream test floods a client
+    config.write_text(config.read_text().replace('string_value: "50"', 'string_value: "0"'))
     mesh = HandMesh(base, repository, "--request-timeout-secs", str(REQUEST_TIMEOUT_S))
     try:
         mesh.start_nats()
         mesh.batcher()
         mesh.gateway()
-        for model in ("small_queue", "repeat_int32", "simple_identity", "simple"):
+        for model in ("small_queue", "ticker", "simple_identity", "simple"):
             mesh.worker(model, wait=False)
         for worker in [p for p in mesh.procs if p.name.startswith("worker")]:
             assert _wait_ready(worker), mesh.logs()
@@ -178,12 +181,9 @@ def test_a_grpc_stream_nobody_reads_stays_bounded(mesh: HandMesh) -> None:
         hold = asyncio.Event()
 
         async def requests() -> AsyncIterator[dict[str, object]]:
-            inputs = [grpcaio.InferInput("IN", [n], "INT32"), grpcaio.InferInput("DELAY", [n], "UINT32"),
-                      grpcaio.InferInput("WAIT", [1], "UINT32")]  # fmt: skip
-            inputs[0].set_data_from_numpy(np.arange(n, dtype=np.int32))
-            inputs[1].set_data_from_numpy(np.zeros(n, np.uint32))
-            inputs[2].set_data_from_numpy(np.zeros(1, np.uint32))
-            yield {"model_name": "repeat_int32", "inputs": inputs}
+            count = grpcaio.InferInput("COUNT", [1], "INT32")
+            count.set_data_from_numpy(np.array([n], np.int32))
+            yield {"model_name": "ticker", "inputs": [count], "request_id": "unread"}
             await hold.wait()
 
         before = gw.rss_kib()
@@ -200,6 +200,7 @@ def test_a_grpc_stream_nobody_reads_stays_bounded(mesh: HandMesh) -> None:
             hold.set()
             await client.close()
 
+    ticks = mesh.repository / "ticker" / "ticks.log"
     growth_mib, tally = asyncio.run(scenario())
     print(
         f"unread gRPC stream of {n} responses: gateway RSS growth {growth_mib:.1f} MiB; meanwhile {tally.row()}"
@@ -208,3 +209,8 @@ def test_a_grpc_stream_nobody_reads_stays_bounded(mesh: HandMesh) -> None:
     # bounded by the stream's queues (1024 + 256 responses) and HTTP/2 flow control, not by n
     assert growth_mib < 30, growth_mib
     assert gw.alive()
+    # and the cancel reached the model, which stopped before sending all n
+    assert wait_for(lambda: ticks.exists() and "unread" in ticks.read_text(), timeout_s=10), mesh.logs()
+    sent = int(ticks.read_text().split()[1])
+    print(f"the model stopped after {sent} of {n} responses")
+    assert sent < n
