@@ -52,6 +52,8 @@ class Proc:
     process: subprocess.Popen[str]
     log_path: Path
     ready: dict[str, Any] = field(default_factory=dict)
+    printed: threading.Event = field(default_factory=threading.Event)
+    """Set when the ready line came (or the process ended without one)."""
 
     @property
     def pid(self) -> int:
@@ -135,7 +137,6 @@ class HandMesh:
         )  # fmt: skip
         proc = Proc(name, process, log_path)
         self.procs.append(proc)
-        got = threading.Event()
 
         def read() -> None:
             assert process.stdout is not None
@@ -143,23 +144,32 @@ class HandMesh:
                 ready = parse_ready_line(line)
                 if ready is not None and not proc.ready:
                     proc.ready.update(ready)
-                    got.set()
-            got.set()
+                    proc.printed.set()
+            proc.printed.set()
 
         threading.Thread(target=read, daemon=True).start()
-        if wait and (not got.wait(timeout_s) or not proc.ready):
-            raise RuntimeError(f"{name} did not become ready in {timeout_s}s:\n{proc.log()[-3000:]}")
+        if wait:
+            self.wait_ready(proc, timeout_s=timeout_s)
         return proc
 
-    def batcher(self, *args: str) -> Proc:
-        return self.start("batcher", *args)
+    def wait_ready(self, *procs: Proc, timeout_s: float = 60.0) -> None:
+        """Wait for the ready line of each of ``procs`` (started with ``wait=False``, in parallel)."""
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            if not proc.printed.wait(max(0.1, deadline - time.monotonic())) or not proc.ready:
+                raise RuntimeError(f"{proc.name} did not become ready in {timeout_s}s:\n{proc.log()[-3000:]}")
 
-    def gateway(self, *args: str, grpc_port: int = 0, http_port: int = 0, reuse_port: bool = False) -> Proc:
+    def batcher(self, *args: str, wait: bool = True) -> Proc:
+        return self.start("batcher", *args, wait=wait)
+
+    def gateway(
+        self, *args: str, grpc_port: int = 0, http_port: int = 0, reuse_port: bool = False, wait: bool = True
+    ) -> Proc:
         flags = ["--model-repository", str(self.repository), "--grpc-port", str(grpc_port),
                  "--http-port", str(http_port), "--metrics-port", "0", "--strict-readiness=false"]  # fmt: skip
         if reuse_port:
             flags.append("--reuse-port")
-        return self.start("gateway", *flags, *args)
+        return self.start("gateway", *flags, *args, wait=wait)
 
     def worker(self, model: str, instance: int = 0, version: int = 1, wait: bool = True) -> Proc:
         return self.start(

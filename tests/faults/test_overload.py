@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
@@ -30,22 +29,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
     mesh = HandMesh(base, repository, "--request-timeout-secs", str(REQUEST_TIMEOUT_S))
     try:
         mesh.start_nats()
-        mesh.batcher()
-        mesh.gateway()
-        for model in ("small_queue", "ticker", "simple_identity", "simple"):
-            mesh.worker(model, wait=False)
-        for worker in [p for p in mesh.procs if p.name.startswith("worker")]:
-            assert _wait_ready(worker), mesh.logs()
+        mesh.wait_ready(
+            mesh.batcher(wait=False),
+            mesh.gateway(wait=False),
+            *(mesh.worker(m, wait=False) for m in ("small_queue", "ticker", "simple_identity", "simple")),
+        )
         yield mesh
     finally:
         mesh.close()
-
-
-def _wait_ready(proc: Proc, timeout_s: float = 60) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not proc.ready and proc.alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return bool(proc.ready)
 
 
 def _gateway(mesh: HandMesh) -> Proc:

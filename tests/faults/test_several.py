@@ -31,12 +31,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
     mesh = HandMesh(base, repository, "--request-timeout-secs", str(REQUEST_TIMEOUT_S))
     try:
         mesh.start_nats()
-        mesh.batcher()
-        mesh.batcher()
+        started = [mesh.batcher(wait=False), mesh.batcher(wait=False)]
+        started += [mesh.worker("pace", 0, wait=False), mesh.worker("pace", 1, wait=False)]
         first = mesh.gateway(reuse_port=True)
-        mesh.gateway(grpc_port=first.ready["grpc_port"], http_port=first.ready["http_port"], reuse_port=True)
-        mesh.worker("pace", 0)
-        mesh.worker("pace", 1)
+        ports = {"grpc_port": first.ready["grpc_port"], "http_port": first.ready["http_port"]}
+        mesh.wait_ready(*started, mesh.gateway(**ports, reuse_port=True, wait=False))
         yield mesh
     finally:
         mesh.close()

@@ -30,10 +30,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
     mesh = HandMesh(base, repository, "--request-timeout-secs", str(REQUEST_TIMEOUT_S))
     try:
         mesh.start_nats()
-        mesh.batcher()
-        mesh.gateway()
-        mesh.worker("pace", 0)
-        mesh.worker("pace", 1)
+        mesh.wait_ready(
+            mesh.batcher(wait=False),
+            mesh.gateway(wait=False),
+            mesh.worker("pace", 0, wait=False),
+            mesh.worker("pace", 1, wait=False),
+        )
         yield mesh
     finally:
         mesh.close()
