@@ -292,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run_loop(coro, args.event_loop)
     except KeyboardInterrupt:
         return 130
-    return 0
+    from meshserve.messaging import gave_up_reconnecting
+
+    return 1 if gave_up_reconnecting() else 0  # lost NATS for good: let a supervisor restart it
 
 
 if __name__ == "__main__":

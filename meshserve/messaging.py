@@ -13,9 +13,17 @@ from nats.aio.client import Client
 from meshserve.errors import Unavailable
 from meshserve.settings import Limits
 
-__all__ = ["NatsEvents", "connect_nats", "connect_service"]
+__all__ = ["NatsEvents", "connect_nats", "connect_service", "gave_up_reconnecting"]
 
 log = logging.getLogger(__name__)
+
+_gave_up: list[str] = []
+"""URLs this process stopped reconnecting to (its exit code says so: ``gave_up_reconnecting``)."""
+
+
+def gave_up_reconnecting() -> bool:
+    """Whether a connection of this process ran out of reconnect attempts (the service exits 1)."""
+    return bool(_gave_up)
 
 
 @dataclass
@@ -68,6 +76,7 @@ async def connect_nats(
     async def on_closed() -> None:
         if client and isinstance(client[0].last_error, nats.errors.NoServersError):
             log.error("nats: gave up reconnecting to %s after %d attempts", url, max_reconnect_attempts)
+            _gave_up.append(url)
             events.fire(events.gave_up)
 
     try:

@@ -149,3 +149,16 @@ def test_nats_restart_under_load(mesh: HandMesh) -> None:
     # what was in flight when NATS went away ended with a clear error well before its deadline
     assert tally.clear["DEADLINE_EXCEEDED"] == 0, tally.row()
     assert tally.slowest("UNAVAILABLE") < REQUEST_TIMEOUT_S / 2, tally.slowest("UNAVAILABLE")
+
+
+def test_a_service_with_bounded_reconnects_stops_when_nats_stays_away(mesh: HandMesh) -> None:
+    """``--nats-max-reconnect-attempts N``: once they run out the service stops with exit code 1 (for a
+    supervisor to restart it); the others, reconnecting forever, stay up.  Runs last: NATS stays down."""
+    bounded = mesh.batcher("--nats-max-reconnect-attempts", "3", "--nats-reconnect-wait-secs", "0.2")
+    others = [p for p in mesh.procs if p is not mesh.nats and p is not bounded and p.alive()]
+    assert mesh.nats is not None
+    mesh.nats.signal(signal.SIGKILL)
+    code = bounded.wait(20)
+    assert code == 1, bounded.log()[-2000:]
+    assert "gave up reconnecting" in bounded.log()
+    assert all(p.alive() for p in others)
