@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -20,6 +21,7 @@ from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
 from meshserve.messaging import NatsEvents, connect_service
+from meshserve.model_states import ModelStateStore
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 from meshserve.pb import mesh_pb2
 from meshserve.settings import GatewaySettings
@@ -48,6 +50,12 @@ async def run(settings: GatewaySettings) -> None:
 
     await nc.subscribe(subjects.worker_announce(), cb=on_announce)
     await nc.publish(subjects.worker_query(), b"")
+    states = await ModelStateStore.open(nc)
+    watch = (
+        asyncio.create_task(states.watch(models.apply_record, models.drop_record))
+        if states is not None
+        else None
+    )
     dispatcher = Dispatcher(nc)
     events.disconnected.append(dispatcher.connection_lost)
     core = InferenceCore(settings, models, dispatcher)
@@ -93,6 +101,8 @@ async def run(settings: GatewaySettings) -> None:
         await stop.wait()
         core.shutting_down = True
     finally:
+        if watch is not None:
+            watch.cancel()
         # stop listening at once (another gateway on the same port takes new connections) and let the
         # RPCs in flight finish, up to their deadline; at most 10 s, so that an idle stream a client
         # keeps open cannot hold the shutdown past the launcher's exit timeout
