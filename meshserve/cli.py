@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="cpu", help="cpu or cuda:N")
     w.add_argument("--host", default=env_default("host", "127.0.0.1"))
     w.add_argument("--port", type=int, default=0, help="gRPC port for batches (0 = a free one)")
+
+    from meshserve.loadtool.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -195,6 +199,10 @@ def _run_loop(coro: Coroutine[Any, Any, None], event_loop: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":  # a client, not a service: no event loop of ours, no service logging
+        from meshserve.loadtool.cli import main as bench_main
+
+        return bench_main(args)
     setup_logging(args.command, args.log_verbose)
     coro: Coroutine[Any, Any, None]
     if args.command == "up":
