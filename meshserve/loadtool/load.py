@@ -58,7 +58,7 @@ class Samples:
     error_messages: list[str] = field(default_factory=list)
     sent: int = 0
     delayed: int = 0
-    first_start_ns: int = 0
+    first_start_ns: int | None = None
     last_end_ns: int = 0
 
     def record(self, start_ns: int, end_ns: int, outcome: StreamTiming | None) -> None:
@@ -78,7 +78,7 @@ class Samples:
         self._span(start_ns, end_ns)
 
     def _span(self, start_ns: int, end_ns: int) -> None:
-        self.first_start_ns = start_ns if not self.first_start_ns else min(self.first_start_ns, start_ns)
+        self.first_start_ns = start_ns if self.first_start_ns is None else min(self.first_start_ns, start_ns)
         self.last_end_ns = max(self.last_end_ns, end_ns)
 
     @property
@@ -87,6 +87,8 @@ class Samples:
 
     @property
     def window_s(self) -> float:
+        if self.first_start_ns is None:
+            return 0.0
         return max(self.last_end_ns - self.first_start_ns, 0) / 1e9
 
 
@@ -103,7 +105,7 @@ def merge(parts: Sequence[Samples]) -> Samples:
                 total.error_messages.append(message)
         total.sent += part.sent
         total.delayed += part.delayed
-        if part.first_start_ns:
+        if part.first_start_ns is not None:
             total._span(part.first_start_ns, part.last_end_ns)
     return total
 

@@ -86,7 +86,11 @@ class Control:
             except ServerError as exc:
                 last = str(exc)
             if time.monotonic() >= deadline:
-                raise ServerError(last)
+                try:  # the server's own words, e.g. an unknown model
+                    self.metadata()
+                except ServerError as exc:
+                    raise ServerError(f"{last}; {exc}") from None
+                raise ServerError(f"{last} after {timeout_s:g}s (--wait-ready-secs)")
             time.sleep(0.2)
 
     def metadata(self) -> dict[str, Any]:
