@@ -204,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(args)
     setup_logging(args.command, args.log_verbose)
+    if args.command != "up":  # each service process traces its own hop (MESHSERVE_TRACING; off by default)
+        from meshserve import tracing
+
+        tracing.setup(args.command)
     coro: Coroutine[Any, Any, None]
     if args.command == "up":
         from meshserve.launcher import run_up
