@@ -10,6 +10,8 @@ __all__ = [
     "BATCHER_QUEUE_GROUP",
     "PREFIX",
     "control",
+    "gateway_announce",
+    "gateway_stats",
     "infer",
     "infer_all",
     "model_token",
@@ -54,3 +56,13 @@ def worker_query() -> str:
 def control() -> str:
     """Where gateways send load/unload requests; the controller (``meshserve up``) answers."""
     return f"{PREFIX}.control"
+
+
+def gateway_announce() -> str:
+    """Where each gateway publishes its heartbeat, so gateways know how many peers share the load."""
+    return f"{PREFIX}.gateway.announce"
+
+
+def gateway_stats() -> str:
+    """Where a gateway asks every gateway for its statistics (one mesh-wide ModelStatistics answer)."""
+    return f"{PREFIX}.gateway.stats"
