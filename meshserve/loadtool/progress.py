@@ -22,7 +22,7 @@ class Progress:
             return
         try:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
         except ImportError:
             return
@@ -32,8 +32,7 @@ class Progress:
         self._progress = RichProgress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[done]} done"),
+            TextColumn("{task.fields[measure]}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -57,15 +56,18 @@ class Progress:
             yield
             return
         total = count if count is not None else max(int(duration_s * 10), 1)
-        task = self._progress.add_task(label, total=total, done=0)
+        task = self._progress.add_task(label, total=total, measure="")
         start_done, start = done(), time.monotonic()
         stop = threading.Event()
 
         def poll() -> None:
             while not stop.wait(POLL_S):  # ends when the step does
                 finished = done() - start_done
-                advanced = finished if count is not None else min(int((time.monotonic() - start) * 10), total)
-                self._progress.update(task, completed=advanced, done=finished)
+                elapsed = time.monotonic() - start
+                advanced = finished if count is not None else min(int(elapsed * 10), total)
+                self._progress.update(
+                    task, completed=advanced, measure=_measure(finished, count, elapsed, duration_s)
+                )
 
         thread = threading.Thread(target=poll, daemon=True)
         thread.start()
@@ -74,4 +76,14 @@ class Progress:
         finally:
             stop.set()
             thread.join(5)
-            self._progress.update(task, completed=total, done=done() - start_done)
+            finished = done() - start_done
+            elapsed = time.monotonic() - start
+            self._progress.update(
+                task, completed=total, measure=_measure(finished, count, elapsed, duration_s)
+            )
+
+
+def _measure(finished: int, count: int | None, elapsed_s: float, duration_s: float) -> str:
+    if count is not None:
+        return f"{finished}/{count} requests"
+    return f"{min(elapsed_s, duration_s):.1f}/{duration_s:.1f} s, {finished} requests"
