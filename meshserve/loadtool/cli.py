@@ -198,4 +198,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from meshserve.loadtool.sweep import run_bench
 
-    return run_bench(settings)
+    try:
+        return run_bench(settings)
+    except KeyboardInterrupt:  # the runner and its processes were closed on the way out
+        print("meshserve bench: interrupted", file=sys.stderr)
+        return 130
