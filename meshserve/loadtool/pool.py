@@ -125,6 +125,13 @@ class LocalRunner(Runner):
 
 
 def _process_main(index: int, spec: SenderSpec, conn: Connection, counts: Any) -> None:
+    with contextlib.suppress(
+        KeyboardInterrupt
+    ):  # Ctrl-C reaches the whole process group: the parent reports it
+        _serve(index, spec, conn, counts)
+
+
+def _serve(index: int, spec: SenderSpec, conn: Connection, counts: Any) -> None:
     loop = asyncio.new_event_loop()
     try:
         sender, closer = loop.run_until_complete(_open(spec))
