@@ -108,13 +108,16 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-server-stats", action="store_true", help="do not read the statistics API")
     p.add_argument(
-        "--llm", action="store_true", help="LLM mode over /generate_stream (same as --endpoint generate)"
+        "--llm",
+        action="store_true",
+        help="LLM mode: TTFT, inter-token latency, tokens/s (= --endpoint generate)",
     )
     p.add_argument(
         "--endpoint",
         choices=("infer", "generate", "openai"),
         default=None,
-        help="infer (default), generate (Triton generate_stream, SSE) or openai (/v1/completions, streaming)",
+        help="infer (default); generate: a streamed model, over HTTP generate_stream (SSE) or, with -i grpc, "
+        "ModelStreamInfer; openai: /v1/completions streaming (HTTP)",
     )
     p.add_argument("--prompt-tokens", type=int, default=32, help="openai: words in the synthetic prompt")
     p.add_argument("--output-tokens", type=int, default=64, help="openai: max_tokens")
@@ -131,8 +134,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     endpoint: Literal["infer", "generate", "openai"] = args.endpoint or ("generate" if args.llm else "infer")
     if args.llm and endpoint == "infer":
         raise ValueError("--llm streams: use --endpoint generate or openai with it, not infer")
-    if endpoint != "infer" and args.protocol == "grpc":
-        raise ValueError(f"--endpoint {endpoint} streams over HTTP: use -i http (and the HTTP port)")
+    if endpoint == "openai" and args.protocol == "grpc":
+        raise ValueError("--endpoint openai streams over HTTP: use -i http (and the HTTP port)")
     if args.concurrency_range and args.request_rate_range:
         raise ValueError("give --concurrency-range or --request-rate-range, not both")
     levels: list[float]

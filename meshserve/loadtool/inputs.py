@@ -201,7 +201,7 @@ def _file_tensor(
     else:
         content = value
     if shape is None:
-        shape = _shape(spec, shapes, batch_size)
+        shape = _shape(spec, shapes, batch_size) if spec.name in shapes or -1 not in spec.dims else None
     dtype = _np_dtype(spec)
     if spec.datatype == "BYTES":
         flat = [
@@ -210,6 +210,8 @@ def _file_tensor(
         array: Any = np.array(flat, dtype=np.object_)
     else:
         array = np.asarray(content, dtype=dtype).ravel()
+    if shape is None:  # a variable dim and no --shape: the values say how long it is
+        shape = _infer_shape(spec, array.size, batch_size, where)
     if spec.batching and batch_size > 1 and array.size * batch_size == int(np.prod(shape)):
         array = np.tile(array, batch_size)  # one row given: the same row batch_size times
     if array.size != int(np.prod(shape)):
@@ -217,6 +219,22 @@ def _file_tensor(
             f"{where}: input '{spec.name}' has {array.size} values, shape {list(shape)} needs {int(np.prod(shape))}"
         )
     return array.reshape(shape)
+
+
+def _infer_shape(spec: InputSpec, size: int, batch_size: int, where: str) -> tuple[int, ...]:
+    """The one variable dim takes what the fixed ones leave (a flat list in the file, no --shape)."""
+    if spec.dims.count(-1) != 1:
+        raise InputError(
+            f"{where}: input '{spec.name}' has dims {list(spec.dims)}; give its \"shape\" in the file or --shape"
+        )
+    fixed = int(np.prod([d for d in spec.dims if d != -1]))
+    rows = batch_size if spec.batching else 1
+    if fixed == 0 or size % fixed:
+        raise InputError(
+            f"{where}: input '{spec.name}' has {size} values, not a whole number of {list(spec.dims)}"
+        )
+    dims = tuple(size // fixed if d == -1 else d for d in spec.dims)
+    return (rows, *dims) if spec.batching else dims
 
 
 def load_input_file(

@@ -47,9 +47,14 @@ async def _open(spec: SenderSpec) -> tuple[Sender, Callable[[], Any]]:
 
         infer = open_infer(spec.endpoint, spec.payloads, spec.outputs, spec.connections)
         return infer, infer.close
+    e = spec.endpoint
+    if e.protocol == "grpc":  # generate over ModelStreamInfer
+        from meshserve.loadtool.transport import StreamInfer
+
+        grpc_stream = StreamInfer(e, spec.payloads)
+        return grpc_stream, grpc_stream.close
     from meshserve.loadtool.streaming import Streamer
 
-    e = spec.endpoint
     streamer = Streamer(
         e.url, spec.stream_endpoint, e.model, e.version, spec.bodies, e.timeout_s, spec.connections
     )

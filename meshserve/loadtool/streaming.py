@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-__all__ = ["MAX_EVENT_BYTES", "StreamError", "StreamTiming", "Streamer", "parse_sse_line"]
+__all__ = ["MAX_EVENT_BYTES", "StreamError", "StreamTiming", "Streamer", "parse_sse_line", "timing_of"]
 
 StreamEndpoint = Literal["generate", "openai"]
 MAX_EVENT_BYTES = 1024 * 1024
@@ -37,6 +37,15 @@ class StreamTiming:
     tokens: int
     itl_ns: int
     """(last token - first token) / (tokens - 1); 0 for one token."""
+
+
+def timing_of(start_ns: int, token_times: Sequence[int]) -> StreamTiming:
+    """TTFT and mean inter-token gap of one stream (StreamError when no token came)."""
+    if not token_times:
+        raise StreamError("the stream ended without a token")
+    n = len(token_times)
+    itl = (token_times[-1] - token_times[0]) // (n - 1) if n > 1 else 0
+    return StreamTiming(ttft_ns=token_times[0] - start_ns, tokens=n, itl_ns=itl)
 
 
 def parse_sse_line(line: bytes) -> dict[str, Any] | Literal["done"] | None:
@@ -127,11 +136,7 @@ class Streamer:
                     raise StreamError(f"more than {MAX_EVENTS} events in one stream")
                 if _has_token(self.endpoint, parsed):
                     token_times.append(time.monotonic_ns())
-        if not token_times:
-            raise StreamError("the stream ended without a token")
-        n = len(token_times)
-        itl = (token_times[-1] - token_times[0]) // (n - 1) if n > 1 else 0
-        return StreamTiming(ttft_ns=token_times[0] - start, tokens=n, itl_ns=itl)
+        return timing_of(start, token_times)
 
     async def close(self) -> None:
         await self._session.close()

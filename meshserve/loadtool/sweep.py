@@ -85,6 +85,14 @@ def _stream_bodies(settings: BenchSettings, control: Control | None) -> list[dic
 def _sender_spec(settings: BenchSettings, endpoint: Endpoint, control: Control | None) -> SenderSpec:
     connections = int(max(settings.levels)) if settings.mode == "concurrency" else settings.max_inflight
     connections = max(1, -(-connections // settings.processes))
+    if settings.llm and settings.protocol == "grpc":  # generate over gRPC ModelStreamInfer: tensors
+        assert control is not None
+        return SenderSpec(
+            kind="stream",
+            endpoint=endpoint,
+            connections=connections,
+            payloads=_payloads(settings, control.metadata(), control.config()),
+        )
     if settings.llm:
         return SenderSpec(
             kind="stream",

@@ -13,8 +13,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from meshserve.loadtool.inputs import Payload
+from meshserve.loadtool.streaming import StreamError, StreamTiming, timing_of
 
-__all__ = ["Control", "Endpoint", "Infer", "ServerError", "open_control", "open_infer", "strip_scheme"]
+__all__ = [
+    "Control",
+    "Endpoint",
+    "Infer",
+    "ServerError",
+    "StreamInfer",
+    "open_control",
+    "open_infer",
+    "strip_scheme",
+]
 
 Protocol = Literal["grpc", "http"]
 
@@ -178,6 +188,51 @@ class Infer:
                 model_version=self.endpoint.version,
                 **kwargs,
             )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class StreamInfer:
+    """A decoupled model over gRPC ``ModelStreamInfer`` (perf_analyzer's ``--streaming``): one stream
+    per request, half-closed after it, read until the server ends it; each response with outputs is
+    a token."""
+
+    def __init__(self, endpoint: Endpoint, payloads: Sequence[Payload]) -> None:
+        import tritonclient.grpc as types
+        import tritonclient.grpc.aio as aio
+
+        self.endpoint = endpoint
+        self._client: Any = aio.InferenceServerClient(endpoint.url)
+        self._inputs: list[list[Any]] = []
+        for payload in payloads:
+            encoded = []
+            for name, array in payload.items():
+                tensor = types.InferInput(name, list(array.shape), _datatype(array))
+                tensor.set_data_from_numpy(array)
+                encoded.append(tensor)
+            self._inputs.append(encoded)
+
+    async def __call__(self, index: int) -> StreamTiming:
+        inputs = self._inputs[index % len(self._inputs)]
+        e = self.endpoint
+
+        async def one_request() -> Any:
+            yield {"model_name": e.model, "model_version": e.version, "inputs": inputs}
+
+        start = time.monotonic_ns()
+        token_times: list[int] = []
+        async with asyncio.timeout(e.timeout_s):
+            responses = self._client.stream_infer(one_request(), stream_timeout=e.timeout_s)
+            try:
+                async for result, error in responses:
+                    if error is not None:
+                        raise StreamError(str(error))
+                    if result is not None and result.get_response().outputs:
+                        token_times.append(time.monotonic_ns())
+            finally:
+                responses.cancel()  # no-op once the server ended the stream
+        return timing_of(start, token_times)
 
     async def close(self) -> None:
         await self._client.close()

@@ -116,6 +116,24 @@ def test_llm_mode_over_generate_stream(mesh: Mesh, tmp_path: Path) -> None:
     assert (out / "llm_latency.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_llm_mode_over_grpc_stream_infer(mesh: Mesh, tmp_path: Path) -> None:
+    """The same decoupled model over gRPC ModelStreamInfer (perf_analyzer's --streaming), inputs from
+    zeros with --shape, two client processes."""
+    out = tmp_path / "out"
+    # fmt: off
+    result = bench(
+        "-m", "repeat_int32", "-u", mesh.grpc_url, "-i", "grpc", "--endpoint", "generate",
+        "--input-data", "zero", "--shape", "IN:4", "--shape", "DELAY:4", "--concurrency-range", "2",
+        "--request-count", "6", "--processes", "2", "--warmup-secs", "0", "--output-dir", str(out),
+    )
+    # fmt: on
+    assert result.returncode == 0, result.stderr
+    (step,) = report(out)["steps"]
+    assert step["completed"] == 6 and step["errors"] == 0 and step["output_tokens"] == 6 * 4
+    assert step["server"]["success_count"] == 6
+    assert 0 < step["ttft_us"]["p50_us"] <= step["latency_us"]["p50_us"]
+
+
 def test_unknown_model_and_unreachable_server_fail_with_a_message(mesh: Mesh) -> None:
     result = bench("-m", "no_such_model", "-u", mesh.grpc_url, "-i", "grpc", "--wait-ready-secs", "0.5")
     assert result.returncode == 1

@@ -135,3 +135,28 @@ def test_input_file_errors(tmp_path: Path, document: str, problem: str) -> None:
 def test_missing_input_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="No such file"):
         load_input_file(tmp_path / "absent.json", input_specs(SIMPLE_META, {"max_batch_size": 8}))
+
+
+def test_input_file_fills_a_variable_dim_from_the_values(tmp_path: Path) -> None:
+    path = tmp_path / "repeat.json"
+    path.write_text(json.dumps({"data": [{"IN": [1, 2, 3], "DELAY": [5, 5, 5], "WAIT": 0}]}))
+    (payload,) = load_input_file(path, input_specs(REPEAT_META, {}))
+    assert (
+        payload["IN"].shape == (3,) and payload["DELAY"].dtype == np.uint32 and payload["WAIT"].shape == (1,)
+    )
+    ragged = input_specs(
+        {"inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, -1, -1, 4]}]}, {"max_batch_size": 2}
+    )
+    path.write_text(json.dumps({"data": [{"X": [0.0] * 8}]}))
+    with pytest.raises(InputError, match="shape"):
+        load_input_file(path, ragged)
+
+
+def test_input_file_variable_dim_with_batching(tmp_path: Path) -> None:
+    specs = input_specs(
+        {"inputs": [{"name": "X", "datatype": "INT32", "shape": [-1, -1]}]}, {"max_batch_size": 4}
+    )
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"data": [{"X": [1, 2, 3, 4, 5]}]}))
+    (payload,) = load_input_file(path, specs, batch_size=2)
+    assert payload["X"].shape == (2, 5) and payload["X"][1, 4] == 5

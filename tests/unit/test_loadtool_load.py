@@ -163,7 +163,7 @@ def test_settings_defaults_follow_perf_analyzer() -> None:
         (["--concurrency-range", "0"], "at least 1"),
         (["-b", "0"], "batch-size"),
         (["--processes", "4", "--concurrency-range", "2"], "more than the lowest concurrency"),
-        (["--llm", "-i", "grpc"], "use -i http"),
+        (["--endpoint", "openai", "-i", "grpc"], "use -i http"),
         (["--shape", "X"], "NAME:d1"),
     ],
 )
