@@ -93,4 +93,3 @@ async def run(settings: GatewaySettings) -> None:
         await metrics_runner.cleanup()
         await core.peers.stop()
         await close_nats(nc)
-

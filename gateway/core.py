@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.dispatcher import Dispatcher
+from gateway.ensemble import EnsembleRunner
 from gateway.models import ModelState, ModelTable, ModelView
 from gateway.peers import GatewayPeers
 from gateway.stats import FailureReason, StatsBook, failure_reason
@@ -43,6 +44,7 @@ class InferenceCore:
         self.models = models
         self.stats = StatsBook()
         self._dispatcher = dispatcher
+        self._ensembles = EnsembleRunner(models, dispatcher, self.stats, settings.limits.max_message_bytes)
         self.shutting_down = False
         self.peers: GatewayPeers | None = None
         """Set by the gateway process: statistics then add up every gateway's counts."""
@@ -73,7 +75,12 @@ class InferenceCore:
             timeout_s = (
                 prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
             )
-            response = await self._dispatcher.infer(prepared.message, timeout_s)
+            if view.ensemble is not None:  # the gateway runs the pipeline (gateway/ensemble.py)
+                response = await self._ensembles.run(
+                    view, prepared.message, timeout_s, step_timing=wants_timing(call.parameters)
+                )
+            else:
+                response = await self._dispatcher.infer(prepared.message, timeout_s)
         except MeshError as exc:
             reason = failure_reason(exc, from_worker=False, from_mesh=False)
             self.stats.record_failure(view.name, view.version, time.perf_counter_ns() - start, reason)

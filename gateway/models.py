@@ -14,7 +14,8 @@ from enum import Enum
 from pathlib import Path
 
 from meshserve.controller import UNLOADED_REASON
-from meshserve.errors import InvalidArgument, ModelNotFound, ModelNotReady
+from meshserve.ensemble import EnsemblePlan, check_signatures, is_ensemble, plan_of
+from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, ModelNotReady
 from meshserve.model_config import config_from_bytes
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
@@ -53,6 +54,10 @@ class ModelView:
     """READY instance id → monotonic time of its last announcement."""
     failures: dict[str, str] = field(default_factory=dict)
     """Instance id → why it could not load."""
+    ensemble: EnsemblePlan | None = None
+    """Set for ``platform: "ensemble"``: no instances; its state follows its step models."""
+    derived_reason: str = ""
+    """An ensemble's reason, as its last state check found it."""
 
     @property
     def max_batch_size(self) -> int:
@@ -80,6 +85,7 @@ class ModelView:
             config=config,
             inputs={t.name: spec(t, t.optional) for t in config.input},
             outputs={t.name: spec(t, False) for t in config.output},
+            ensemble=plan_of(config) if is_ensemble(config) else None,
         )
 
     def live_instances(self, now: float, stale_after_s: float) -> int:
@@ -98,6 +104,8 @@ class ModelView:
         return not self.instances and bool(self.failures) and set(self.failures.values()) == {UNLOADED_REASON}
 
     def reason(self) -> str:
+        if self.ensemble is not None and self.derived_reason:
+            return self.derived_reason
         if not self.failures and self.instances:
             return "no live instance: its workers stopped announcing themselves"
         return "; ".join(sorted(set(self.failures.values())))
@@ -133,6 +141,8 @@ class ModelTable:
         self._stale_after_s = stale_after_s
         self._views: dict[tuple[str, int], ModelView] = {}
         self._declared: dict[str, _Declared] = {}
+        self._signature_checks: dict[tuple[str, int], tuple[tuple[mc.ModelConfig, ...], str]] = {}
+        """Ensemble → (the configs checked, the problem found): re-checked when any config changes."""
 
     # -- feeding --------------------------------------------------------------------------------
     def load_repository(self, repository: Path) -> None:
@@ -181,7 +191,51 @@ class ModelTable:
 
     # -- reading ----------------------------------------------------------------------------------
     def state(self, view: ModelView) -> ModelState:
+        if view.ensemble is not None:
+            state, view.derived_reason = self._ensemble_state(view, view.ensemble, 0)
+            return state
         return view.state(time.monotonic(), self._stale_after_s)
+
+    def _ensemble_state(self, view: ModelView, plan: EnsemblePlan, depth: int) -> tuple[ModelState, str]:
+        """READY when every step model is READY and their configs fit the pipeline; UNAVAILABLE with
+        the first step at fault; LOADING while a step model is."""
+        if view.failures and not view.instances:  # e.g. the controller's "unloaded"
+            return ModelState.UNAVAILABLE, "; ".join(sorted(set(view.failures.values())))
+        declared = self._declared.get(view.name)
+        if declared is not None and declared.error:
+            return ModelState.UNAVAILABLE, declared.error
+        if depth > 16:
+            return ModelState.UNAVAILABLE, f"ensemble '{view.name}': ensembles nested too deeply"
+        configs: dict[str, mc.ModelConfig] = {}
+        loading = ""
+        for step in plan.steps:
+            try:
+                step_view = self.find(step.model, str(step.version) if step.version > 0 else "")
+            except MeshError as exc:
+                return ModelState.UNAVAILABLE, f"{step.label}: {exc}"
+            if step_view.ensemble is not None:
+                state, reason = self._ensemble_state(step_view, step_view.ensemble, depth + 1)
+            else:
+                state, reason = step_view.state(time.monotonic(), self._stale_after_s), step_view.reason()
+            if state is ModelState.UNAVAILABLE:
+                return ModelState.UNAVAILABLE, f"{step.label} is not available: {reason}"
+            if state is ModelState.LOADING:
+                loading = loading or f"{step.label} is loading"
+            configs[step.model] = step_view.config
+        if loading:
+            return ModelState.LOADING, loading
+        key = (view.name, view.version)
+        checked = (view.config, *configs.values())
+        cached = self._signature_checks.get(key)
+        if (
+            cached is None
+            or len(cached[0]) != len(checked)
+            or any(a is not b for a, b in zip(cached[0], checked, strict=True))
+        ):
+            cached = self._signature_checks[key] = (checked, check_signatures(view.config, configs))
+        if cached[1]:
+            return ModelState.UNAVAILABLE, cached[1]
+        return ModelState.READY, ""
 
     def live_instances(self) -> list[tuple[str, int, int]]:
         """(model, version, READY instances heard from recently) for every known model version."""
@@ -212,8 +266,14 @@ class ModelTable:
                 if view.version == wanted:
                     return view
             raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
-        ready = [v for v in views if self.state(v) is ModelState.READY]
+        ready = [v for v in views if self._plain_state(v) is ModelState.READY]
         return ready[-1] if ready else views[-1]
+
+    def _plain_state(self, view: ModelView) -> ModelState:
+        """State without re-checking an ensemble's steps (find() runs inside those checks)."""
+        if view.ensemble is not None:
+            return ModelState.READY
+        return view.state(time.monotonic(), self._stale_after_s)
 
     def ready_view(self, name: str, version: str = "") -> ModelView:
         """Like :meth:`find`, but the version must be READY to take inference."""

@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="cpu", help="cpu or cuda:N")
     w.add_argument("--host", default=env_default("host", "127.0.0.1"))
     w.add_argument("--port", type=int, default=0, help="gRPC port for batches (0 = a free one)")
+    w.add_argument(
+        "--advertise-host",
+        default=env_default("advertise_host", ""),
+        help="address announced to batchers (default: --host, or the route to NATS when --host is 0.0.0.0)",
+    )
 
     from meshserve.loadtool.cli import add_bench_parser
 
@@ -272,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 instance_index=args.instance_index,
                 host=args.host,
                 port=args.port,
+                advertise_host=args.advertise_host,
                 device=args.device,
                 exit_with_parent=args.exit_with_parent,
                 limits=_limits(args),

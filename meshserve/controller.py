@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from meshserve import subjects
+from meshserve.ensemble import is_ensemble, plan_of
 from meshserve.errors import Internal, MeshError
 from meshserve.lifecycle import close_nats
 from meshserve.messaging import connect_nats
@@ -110,12 +111,25 @@ class Controller:
         entry = self._unloaded.pop(name, None) or self._owner.entry(name)
         if entry is not None:
             await self._clear_unloaded(entry)
+        if entry is not None and entry.config is not None and is_ensemble(entry.config):
+            await self._load_steps(entry)
+            return
         log.info("loading model '%s'", name)
         readies = await self._owner.start_model(name)
         failed = [r for r in readies if r.get("state") != "READY"]
         if failed or not readies:
             reason = failed[0].get("reason", "") if failed else "it has no version to serve"
             raise Internal(f"failed to load '{name}': {reason}")
+
+    async def _load_steps(self, entry: ModelEntry) -> None:
+        """An ensemble has no workers: loading it loads its step models that are not loaded (as
+        Triton does); the gateways derive its state from theirs."""
+        assert entry.config is not None
+        if entry.error:
+            raise Internal(f"failed to load '{entry.name}': {entry.error}")
+        for step in plan_of(entry.config).steps:
+            if step.model in self._unloaded:
+                await self._load(step.model)
 
     async def _unload(self, name: str) -> None:
         entry = self._owner.entry(name)

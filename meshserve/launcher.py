@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshserve.controller import Controller
+from meshserve.ensemble import with_step_models
 from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
 from meshserve.lifecycle import install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
@@ -176,7 +177,8 @@ class Launcher:
         self._common = common
         self._entries = {e.name: e for e in entries}
         explicit = s.model_control_mode == "explicit"
-        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in s.load_models]
+        named = with_step_models(set(s.load_models), {e.name: e.config for e in entries})
+        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in named]
         models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in wanted if e.error}
         for ready in await self._start_workers(wanted):
             key = f"{ready['model']}:{ready['version']}"

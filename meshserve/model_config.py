@@ -20,6 +20,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from meshserve.ensemble import check_structure, is_ensemble
 from meshserve.errors import InvalidArgument
 from meshserve.pb import model_config_pb2 as mc
 
@@ -121,6 +122,9 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
         config.name = model_name
     elif config.name != model_name:
         raise ConfigError(f"{source}: name '{config.name}' does not match its directory '{model_name}'")
+    if is_ensemble(config):
+        _complete_ensemble(config, source)
+        return
     if not config.backend:
         config.backend = _PLATFORM_TO_BACKEND.get(config.platform, "")
     if not config.backend:
@@ -148,6 +152,20 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
             group.count = 1
         if not group.name:
             group.name = config.name
+
+
+def _complete_ensemble(config: mc.ModelConfig, source: str) -> None:
+    """An ensemble runs no code of its own: no backend, no instances (``meshserve up`` starts no
+    worker for it); its steps must form a pipeline (:func:`meshserve.ensemble.check_structure`)."""
+    if config.backend:
+        raise ConfigError(f"{source}: an ensemble has no backend (remove backend '{config.backend}')")
+    if config.max_batch_size < 0:
+        raise ConfigError(f"{source}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    _check_tensors(config, source)
+    problem = check_structure(config)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+    del config.instance_group[:]
 
 
 def _check_tensors(config: mc.ModelConfig, source: str) -> None:

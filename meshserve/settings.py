@@ -102,6 +102,9 @@ class WorkerSettings:
     instance_index: int = 0
     host: str = "127.0.0.1"
     port: int = 0
+    advertise_host: str = ""
+    """Address announced to batchers for the batch endpoint; empty: ``host``, or for a wildcard ``host``
+    the local address on the route to NATS (containers, pods, other machines; see meshserve/netaddr.py)."""
     heartbeat_interval_s: float = 1.0
     device: str = "cpu"
     """``cpu`` or ``cuda:N``; the launcher picks it from the instance group."""
