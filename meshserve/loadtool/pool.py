@@ -67,8 +67,8 @@ def _share(total: int, parts: int, index: int) -> int:
 
 def split_phase(phase: Phase, processes: int) -> list[Phase]:
     """One phase per process (those with nothing to do left out): concurrency and count are shared
-    out as evenly as whole numbers allow, a rate is divided, each process gets its own seed and
-    payload offset."""
+    out as evenly as whole numbers allow, a rate is divided (a constant one staggered), each process
+    gets its own seed and payload offset."""
     shares = []
     for i in range(processes):
         if phase.mode == "concurrency":
@@ -80,8 +80,17 @@ def split_phase(phase: Phase, processes: int) -> list[Phase]:
         count = None if phase.count is None else _share(phase.count, processes, i)
         if count == 0:
             continue
+        # a constant rate split N ways: process i starts i/rate later, so the sends interleave evenly
+        stagger = i / phase.level if phase.mode == "rate" and phase.distribution == "constant" else 0.0
         shares.append(
-            replace(phase, level=level, count=count, seed=phase.seed * 1009 + i, first_index=i * 7919)
+            replace(
+                phase,
+                level=level,
+                count=count,
+                seed=phase.seed * 1009 + i,
+                first_index=i * 7919,
+                start_at=phase.start_at + stagger,
+            )
         )
     return shares
 

@@ -189,11 +189,12 @@ def run_bench(settings: BenchSettings) -> int:
     try:
         if settings.endpoint != "openai" or settings.server_stats:
             control = Control(endpoint)
-            try:
-                control.wait_ready(settings.wait_ready_secs)
-            except ServerError:
+            try:  # an OpenAI server may have no KServe side: one look, no waiting
+                control.wait_ready(settings.wait_ready_secs if settings.endpoint != "openai" else 0.0)
+            except ServerError as exc:
                 if settings.endpoint != "openai":
                     raise
+                _say(f"no server statistics (no KServe side to ask): {exc}")
                 control.close()
                 control = None  # an OpenAI-only server: no KServe side to ask
         spec = _sender_spec(settings, endpoint, control)

@@ -127,6 +127,15 @@ def test_split_phase(phase: Phase, processes: int, levels: list[float], counts: 
     )
 
 
+def test_split_constant_rate_staggers_the_processes() -> None:
+    shares = split_phase(Phase(mode="rate", level=100.0, duration_s=1.0, start_at=50.0), 4)
+    assert [s.start_at for s in shares] == pytest.approx([50.0, 50.01, 50.02, 50.03])
+    poisson = split_phase(
+        Phase(mode="rate", level=100.0, duration_s=1.0, distribution="poisson", start_at=5.0), 2
+    )
+    assert [s.start_at for s in poisson] == [5.0, 5.0]
+
+
 def test_parse_sse_line() -> None:
     assert parse_sse_line(b'data: {"OUT": 7}\n') == {"OUT": 7}
     assert parse_sse_line(b"data: [DONE]\n") == "done"
