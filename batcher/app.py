@@ -146,6 +146,8 @@ class Batcher:
             self._schedulers[key] = scheduler
             self._tg.create_task(scheduler.run())
         if ann.instance_id not in scheduler.links:
+            if ann.model_config:
+                scheduler.update_rules(rules_from_announcement(ann))  # a reload may bring a new config
             link = InstanceLink(
                 ann.instance_id,
                 ann.address,

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from meshserve.controller import UNLOADED_REASON
+from meshserve.controller import CONTROLLER_ID_PREFIX, REMOVED_REASON, UNLOADED_REASON
 from meshserve.ensemble import EnsemblePlan, check_signatures, is_ensemble, plan_of
 from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, ModelNotReady
 from meshserve.model_config import config_from_bytes
+from meshserve.model_states import ModelStateRecord, combined_state
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.repository import scan_repository
@@ -29,6 +30,7 @@ class ModelState(Enum):
     LOADING = "LOADING"
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,8 @@ class ModelTable:
         self._stale_after_s = stale_after_s
         self._views: dict[tuple[str, int], ModelView] = {}
         self._declared: dict[str, _Declared] = {}
+        self._records: dict[tuple[str, int], ModelStateRecord] = {}
+        """Declared states from the JetStream KV bucket (meshserve.model_states); version 0 = the model."""
         self._signature_checks: dict[tuple[str, int], tuple[tuple[mc.ModelConfig, ...], str]] = {}
         """Ensemble → (the configs checked, the problem found): re-checked when any config changes."""
 
@@ -156,8 +160,17 @@ class ModelTable:
 
     def apply(self, ann: mesh_pb2.WorkerAnnouncement) -> None:
         key = (ann.model_name, ann.model_version)
+        from_controller = ann.instance_id.startswith(CONTROLLER_ID_PREFIX)
+        if from_controller and ann.reason == REMOVED_REASON:
+            self._forget(ann.model_name, ann.model_version)
+            return
         view = self._views.get(key)
-        if ann.model_config and (view is None or not view.instances):
+        # a new config arrives with a newly READY instance (a reload): it wins over the old one, whose
+        # instances are already known and leave soon
+        fresh_ready = (
+            ann.state == mesh_pb2.READY and view is not None and ann.instance_id not in view.instances
+        )
+        if ann.model_config and (view is None or not view.instances or fresh_ready):
             config = config_from_bytes(ann.model_config)
             fresh = ModelView.from_config(ann.model_name, ann.model_version, config)
             if view is not None:
@@ -167,6 +180,10 @@ class ModelTable:
             declared = self._declared.get(ann.model_name)
             if ann.state == mesh_pb2.UNAVAILABLE and declared is not None:
                 declared.error = ann.reason or declared.error
+            elif (
+                ann.state == mesh_pb2.UNAVAILABLE and from_controller
+            ):  # appeared since this gateway read the repository
+                self._declared[ann.model_name] = _Declared(ann.model_name, (), ann.reason or "failed to load")
             return
         if ann.state == mesh_pb2.READY:
             view.instances[ann.instance_id] = time.monotonic()
@@ -178,6 +195,19 @@ class ModelTable:
             view.instances.pop(ann.instance_id, None)
             view.failures.pop(ann.instance_id, None)
         self._forget_long_gone(view)
+
+    def apply_record(self, record: ModelStateRecord) -> None:
+        self._records[(record.model, record.version)] = record
+
+    def drop_record(self, name: str, version: int) -> None:
+        self._records.pop((name, version), None)
+
+    def _forget(self, name: str, version: int) -> None:
+        """A model (version 0) or one version of it left the repository: drop what is known of it."""
+        for key in [k for k in self._views if k[0] == name and version in (0, k[1])]:
+            del self._views[key]
+        if version == 0 or not any(n == name for n, _ in self._views):
+            self._declared.pop(name, None)
 
     def _forget_long_gone(self, view: ModelView) -> None:
         """Workers restart with new ids: drop instances silent for 10x the stale time (one stays,
@@ -246,7 +276,39 @@ class ModelTable:
         return sorted((v for (n, _), v in self._views.items() if n == name), key=lambda v: v.version)
 
     def names(self) -> list[str]:
-        return sorted({n for n, _ in self._views} | set(self._declared))
+        return sorted({n for n, _ in self._views} | set(self._declared) | {n for n, _ in self._records})
+
+    def index_rows(self, ready_only: bool) -> list[dict[str, str]]:
+        """RepositoryIndex: every model version known from announcements, the KV bucket or the repository."""
+        rows: list[dict[str, str]] = []
+        listed: set[str] = set()
+        now = time.monotonic()
+        for view in self.all_views():
+            listed.add(view.name)
+            live = view.live_instances(now, self._stale_after_s) > 0
+            own = self.state(view)
+            record = self._records.get((view.name, view.version))
+            state, reason = combined_state(live, own.value, record)
+            if reason is None:
+                reason = "" if state == ModelState.READY.value else view.reason()
+            rows.append({"name": view.name, "version": str(view.version), "state": state, "reason": reason})
+        for (name, version), record in sorted(self._records.items()):
+            if (name, version) in self._views or (version == 0 and name in listed):
+                continue
+            listed.add(name)
+            rows.append(
+                {
+                    "name": name,
+                    "version": str(version) if version else "",
+                    "state": record.state,
+                    "reason": record.reason,
+                }
+            )
+        for name in sorted(set(self._declared) - listed):
+            rows.append(
+                {"name": name, "version": "", "state": "UNAVAILABLE", "reason": self.declared_error(name)}
+            )
+        return [r for r in rows if not ready_only or r["state"] == ModelState.READY.value]
 
     def find(self, name: str, version: str = "") -> ModelView:
         """The view a request names; the highest READY version when ``version`` is empty."""
@@ -254,10 +316,10 @@ class ModelTable:
             parse_version(version)
         views = self.versions_of(name)
         if not views:
-            declared = self._declared.get(name)
-            if declared is not None and declared.error:
+            error = self.declared_error(name)
+            if error:
                 raise ModelNotReady(
-                    f"Request for unknown model: '{name}' has no available versions ({declared.error})"
+                    f"Request for unknown model: '{name}' has no available versions ({error})"
                 )
             raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
         if version:
@@ -294,13 +356,29 @@ class ModelTable:
 
     def declared_error(self, name: str) -> str:
         declared = self._declared.get(name)
-        return declared.error if declared else ""
+        if declared is not None and declared.error:
+            return declared.error
+        reasons = sorted(
+            {
+                r.reason
+                for (n, _), r in self._records.items()
+                if n == name and r.state == "UNAVAILABLE" and r.reason
+            }
+        )
+        return "; ".join(reasons)
+
+    def _unloaded(self, view: ModelView) -> bool:
+        """Unloaded on purpose, by the announcements' markers or the KV bucket."""
+        record = self._records.get((view.name, view.version))
+        if record is not None and record.state == "UNAVAILABLE" and record.reason == UNLOADED_REASON:
+            return not view.live_instances(time.monotonic(), self._stale_after_s)
+        return view.unloaded
 
     def server_ready(self, strict: bool) -> bool:
         """Strict: every model declared or seen is READY.  Otherwise: none is still LOADING."""
         if strict and any(d.error for d in self._declared.values()):
             return False
-        states = [self.state(v) for v in self._views.values() if not v.unloaded]
+        states = [self.state(v) for v in self._views.values() if not self._unloaded(v)]
         if strict:
             return all(s is ModelState.READY for s in states)
         return all(s is not ModelState.LOADING for s in states)

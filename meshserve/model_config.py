@@ -87,8 +87,27 @@ def load_config(model_dir: Path) -> mc.ModelConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from exc
     config = parse_config(text, str(path))
+    if not config.backend and not config.platform:
+        config.backend = _backend_from_model_files(model_dir)
     complete_config(config, model_dir.name, str(path))
     return config
+
+
+_MODEL_FILE_BACKENDS = {"model.py": "python", "model.onnx": "onnxruntime", "model.pt": "pytorch"}
+"""Triton fills a config's missing backend from the default model file it finds in a version directory."""
+
+
+def _backend_from_model_files(model_dir: Path) -> str:
+    """The backend a version directory's default model file names, "" when none does."""
+    try:
+        versions = sorted(c for c in model_dir.iterdir() if c.is_dir() and c.name.isdigit())
+    except OSError:
+        return ""
+    for version in versions:
+        for filename, backend in _MODEL_FILE_BACKENDS.items():
+            if (version / filename).exists():
+                return backend
+    return ""
 
 
 def _config_from_model_file(model_dir: Path) -> mc.ModelConfig | None:

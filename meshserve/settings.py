@@ -124,7 +124,10 @@ class UpSettings:
     model_repository: Path
     gateway: GatewaySettings
     model_control_mode: str = "none"
-    """``none`` (load everything at start) or ``explicit`` (only ``load_models``; load/unload by API)."""
+    """``none`` (load everything at start), ``explicit`` (only ``load_models``; load/unload by API) or
+    ``poll`` (load everything, then follow the repository's changes)."""
+    repository_poll_s: float = 15.0
+    """Poll mode: seconds between two looks at the repository (``--repository-poll-secs``)."""
     load_models: tuple[str, ...] = ()
     """``--load-model`` names loaded at start in explicit mode (``*`` = all)."""
     gateways: int = 1
