@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("advertise_host", ""),
         help="address announced to batchers (default: --host, or the route to NATS when --host is 0.0.0.0)",
     )
+
+    from meshserve.loadtool.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -249,8 +253,16 @@ def _run_loop(coro: Coroutine[Any, Any, None], event_loop: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":  # a client, not a service: no event loop of ours, no service logging
+        from meshserve.loadtool.cli import main as bench_main
+
+        return bench_main(args)
     setup_logging(args.command, args.log_verbose)
     configure_nats(nats_options(args))
+    if args.command != "up":  # each service process traces its own hop (MESHSERVE_TRACING; off by default)
+        from meshserve import tracing
+
+        tracing.setup(args.command)
     coro: Coroutine[Any, Any, None]
     if args.command == "up":
         from meshserve.launcher import run_up

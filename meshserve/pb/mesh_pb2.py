@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshserve/pb/mesh.proto\x12\x0emeshserve.mesh\"\x86\x01\n\x05Param\x12\x14\n\nbool_param\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bint64_param\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_param\x18\x03 \x01(\tH\x00\x12\x16\n\x0c\x64ouble_param\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cuint64_param\x18\x05 \x01(\x04H\x00\x42\x08\n\x06\x63hoice\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x82\x03\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12&\n\x06inputs\x18\x04 \x03(\x0b\x32\x16.meshserve.mesh.Tensor\x12\x19\n\x11requested_outputs\x18\x05 \x03(\t\x12@\n\nparameters\x18\x06 \x03(\x0b\x32,.meshserve.mesh.InferRequest.ParametersEntry\x12\x18\n\x10\x64\x65\x61\x64line_unix_ns\x18\x07 \x01(\x03\x12\x10\n\x08priority\x18\x08 \x01(\r\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x12\n\nbatch_size\x18\n \x01(\x03\x12\x12\n\ntimeout_us\x18\x0b \x01(\x04\x1aH\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.meshserve.mesh.Param:\x02\x38\x01\"\xac\x01\n\x06Timing\x12\x10\n\x08queue_ns\x18\x01 \x01(\x03\x12\x18\n\x10\x63ompute_input_ns\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompute_infer_ns\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompute_output_ns\x18\x04 \x01(\x03\x12\x12\n\nbatch_rows\x18\x05 \x01(\x03\x12\x18\n\x10\x63ounts_execution\x18\x06 \x01(\x08\x12\x13\n\x0btransfer_ns\x18\x07 \x01(\x03\"\xe0\x02\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\'\n\x07outputs\x18\x04 \x03(\x0b\x32\x16.meshserve.mesh.Tensor\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.meshserve.mesh.Error\x12\x41\n\nparameters\x18\x06 \x03(\x0b\x32-.meshserve.mesh.InferResponse.ParametersEntry\x12&\n\x06timing\x18\x07 \x01(\x0b\x32\x16.meshserve.mesh.Timing\x12\x0c\n\x04more\x18\x08 \x01(\x08\x1aH\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.meshserve.mesh.Param:\x02\x38\x01\"Z\n\tBatchItem\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12\x10\n\x08reply_to\x18\x02 \x01(\t\x12\x10\n\x08queue_ns\x18\x03 \x01(\x03\x12\x18\n\x10\x64ispatch_unix_ns\x18\x04 \x01(\x03\"C\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.meshserve.mesh.BatchItem\"C\n\tBatchDone\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.meshserve.mesh.Error\"\x87\x02\n\x12WorkerAnnouncement\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1d.meshserve.mesh.InstanceState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x14\n\x0cmodel_config\x18\x07 \x01(\x0c\x12\x1c\n\x14max_inflight_batches\x18\x08 \x01(\r\x12\x1c\n\x14heartbeat_interval_s\x18\t \x01(\x01\x12\x10\n\x08platform\x18\n \x01(\t\"\xca\x01\n\x0e\x43ontrolRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04load\x18\x02 \x01(\x08\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x38\n\x05\x66iles\x18\x04 \x03(\x0b\x32).meshserve.mesh.ControlRequest.FilesEntry\x12\x19\n\x11unload_dependents\x18\x05 \x01(\x08\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"4\n\x0c\x43ontrolReply\x12$\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x15.meshserve.mesh.Error*f\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0f\n\x0bUNAVAILABLE\x10\x03\x12\x0c\n\x08STOPPING\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshserve/pb/mesh.proto\x12\x0emeshserve.mesh\"\x86\x01\n\x05Param\x12\x14\n\nbool_param\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bint64_param\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_param\x18\x03 \x01(\tH\x00\x12\x16\n\x0c\x64ouble_param\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cuint64_param\x18\x05 \x01(\x04H\x00\x42\x08\n\x06\x63hoice\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x03\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12&\n\x06inputs\x18\x04 \x03(\x0b\x32\x16.meshserve.mesh.Tensor\x12\x19\n\x11requested_outputs\x18\x05 \x03(\t\x12@\n\nparameters\x18\x06 \x03(\x0b\x32,.meshserve.mesh.InferRequest.ParametersEntry\x12\x18\n\x10\x64\x65\x61\x64line_unix_ns\x18\x07 \x01(\x03\x12\x10\n\x08priority\x18\x08 \x01(\r\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x12\n\nbatch_size\x18\n \x01(\x03\x12\x12\n\ntimeout_us\x18\x0b \x01(\x04\x12\x13\n\x0btraceparent\x18\x0c \x01(\t\x1aH\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.meshserve.mesh.Param:\x02\x38\x01\"\xac\x01\n\x06Timing\x12\x10\n\x08queue_ns\x18\x01 \x01(\x03\x12\x18\n\x10\x63ompute_input_ns\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompute_infer_ns\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompute_output_ns\x18\x04 \x01(\x03\x12\x12\n\nbatch_rows\x18\x05 \x01(\x03\x12\x18\n\x10\x63ounts_execution\x18\x06 \x01(\x08\x12\x13\n\x0btransfer_ns\x18\x07 \x01(\x03\"\xe0\x02\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\'\n\x07outputs\x18\x04 \x03(\x0b\x32\x16.meshserve.mesh.Tensor\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.meshserve.mesh.Error\x12\x41\n\nparameters\x18\x06 \x03(\x0b\x32-.meshserve.mesh.InferResponse.ParametersEntry\x12&\n\x06timing\x18\x07 \x01(\x0b\x32\x16.meshserve.mesh.Timing\x12\x0c\n\x04more\x18\x08 \x01(\x08\x1aH\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.meshserve.mesh.Param:\x02\x38\x01\"Z\n\tBatchItem\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12\x10\n\x08reply_to\x18\x02 \x01(\t\x12\x10\n\x08queue_ns\x18\x03 \x01(\x03\x12\x18\n\x10\x64ispatch_unix_ns\x18\x04 \x01(\x03\"C\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.meshserve.mesh.BatchItem\"C\n\tBatchDone\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.meshserve.mesh.Error\"\x87\x02\n\x12WorkerAnnouncement\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1d.meshserve.mesh.InstanceState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x14\n\x0cmodel_config\x18\x07 \x01(\x0c\x12\x1c\n\x14max_inflight_batches\x18\x08 \x01(\r\x12\x1c\n\x14heartbeat_interval_s\x18\t \x01(\x01\x12\x10\n\x08platform\x18\n \x01(\t\"\xca\x01\n\x0e\x43ontrolRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04load\x18\x02 \x01(\x08\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x38\n\x05\x66iles\x18\x04 \x03(\x0b\x32).meshserve.mesh.ControlRequest.FilesEntry\x12\x19\n\x11unload_dependents\x18\x05 \x01(\x08\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"4\n\x0c\x43ontrolReply\x12$\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x15.meshserve.mesh.Error*f\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0f\n\x0bUNAVAILABLE\x10\x03\x12\x0c\n\x08STOPPING\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_CONTROLREQUEST_FILESENTRY']._loaded_options = None
   _globals['_CONTROLREQUEST_FILESENTRY']._serialized_options = b'8\001'
-  _globals['_INSTANCESTATE']._serialized_start=1965
-  _globals['_INSTANCESTATE']._serialized_end=2067
+  _globals['_INSTANCESTATE']._serialized_start=1986
+  _globals['_INSTANCESTATE']._serialized_end=2088
   _globals['_PARAM']._serialized_start=44
   _globals['_PARAM']._serialized_end=178
   _globals['_TENSOR']._serialized_start=180
@@ -46,27 +46,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERROR']._serialized_start=251
   _globals['_ERROR']._serialized_end=289
   _globals['_INFERREQUEST']._serialized_start=292
-  _globals['_INFERREQUEST']._serialized_end=678
-  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_start=606
-  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_end=678
-  _globals['_TIMING']._serialized_start=681
-  _globals['_TIMING']._serialized_end=853
-  _globals['_INFERRESPONSE']._serialized_start=856
-  _globals['_INFERRESPONSE']._serialized_end=1208
-  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_start=606
-  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_end=678
-  _globals['_BATCHITEM']._serialized_start=1210
-  _globals['_BATCHITEM']._serialized_end=1300
-  _globals['_BATCH']._serialized_start=1302
-  _globals['_BATCH']._serialized_end=1369
-  _globals['_BATCHDONE']._serialized_start=1371
-  _globals['_BATCHDONE']._serialized_end=1438
-  _globals['_WORKERANNOUNCEMENT']._serialized_start=1441
-  _globals['_WORKERANNOUNCEMENT']._serialized_end=1704
-  _globals['_CONTROLREQUEST']._serialized_start=1707
-  _globals['_CONTROLREQUEST']._serialized_end=1909
-  _globals['_CONTROLREQUEST_FILESENTRY']._serialized_start=1865
-  _globals['_CONTROLREQUEST_FILESENTRY']._serialized_end=1909
-  _globals['_CONTROLREPLY']._serialized_start=1911
-  _globals['_CONTROLREPLY']._serialized_end=1963
+  _globals['_INFERREQUEST']._serialized_end=699
+  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_start=627
+  _globals['_INFERREQUEST_PARAMETERSENTRY']._serialized_end=699
+  _globals['_TIMING']._serialized_start=702
+  _globals['_TIMING']._serialized_end=874
+  _globals['_INFERRESPONSE']._serialized_start=877
+  _globals['_INFERRESPONSE']._serialized_end=1229
+  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_start=627
+  _globals['_INFERRESPONSE_PARAMETERSENTRY']._serialized_end=699
+  _globals['_BATCHITEM']._serialized_start=1231
+  _globals['_BATCHITEM']._serialized_end=1321
+  _globals['_BATCH']._serialized_start=1323
+  _globals['_BATCH']._serialized_end=1390
+  _globals['_BATCHDONE']._serialized_start=1392
+  _globals['_BATCHDONE']._serialized_end=1459
+  _globals['_WORKERANNOUNCEMENT']._serialized_start=1462
+  _globals['_WORKERANNOUNCEMENT']._serialized_end=1725
+  _globals['_CONTROLREQUEST']._serialized_start=1728
+  _globals['_CONTROLREQUEST']._serialized_end=1930
+  _globals['_CONTROLREQUEST_FILESENTRY']._serialized_start=1886
+  _globals['_CONTROLREQUEST_FILESENTRY']._serialized_end=1930
+  _globals['_CONTROLREPLY']._serialized_start=1932
+  _globals['_CONTROLREPLY']._serialized_end=1984
 # @@protoc_insertion_point(module_scope)
