@@ -140,6 +140,7 @@ class StreamInbox:
         token = str(next(self._tokens))
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=self._queue_size)
         self._queues[token] = queue
+        finished = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:
@@ -170,9 +171,22 @@ class StreamInbox:
                     response.ParseFromString(data)
                 except Exception as exc:
                     raise Internal("undecodable response from the mesh") from exc
-                yield response
                 if not response.more or response.HasField("error"):
+                    finished = True
+                yield response
+                if finished:
                     return
         finally:
             self._queues.pop(token, None)
             self._overflowed.discard(token)
+            if not finished:
+                # the client went away, its deadline passed or it read too slowly: a model that is still
+                # generating for this reply subject stops and frees what it holds (docs/llm.md)
+                await self._notify_cancel(f"{self._prefix}.{token}", request.request_id)
+
+    async def _notify_cancel(self, reply_to: str, request_id: str) -> None:
+        notice = mesh_pb2.CancelNotice(reply_to=reply_to, request_id=request_id)
+        try:
+            await self._nc.publish(subjects.cancel(), notice.SerializeToString())
+        except Exception as exc:
+            log.debug("cannot publish the cancel notice: %s", exc)

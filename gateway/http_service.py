@@ -165,6 +165,8 @@ def build_app(core: InferenceCore) -> web.Application:
         model = request.match_info["model"]
         view = core.models.ready_view(model, version(request))
         call = decode_generate(await request.read(), view)
+        if view.platform == "llm":  # a sharded language model streams its tokens here unless told not to
+            call.parameters.setdefault("stream", True)
         response = web.StreamResponse(headers=SSE_HEADERS)
         trailer = b""
         async with aclosing(generate_events(core, model, version(request), call)) as events:

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="cpu", help="cpu or cuda:N")
     w.add_argument("--host", default=env_default("host", "127.0.0.1"))
     w.add_argument("--port", type=int, default=0, help="gRPC port for batches (0 = a free one)")
+    w.add_argument(
+        "--stage", type=int, default=-1, help="llm models: the pipeline stage this worker holds (docs/llm.md)"
+    )
     return parser
 
 
@@ -228,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     else:
-        coro = _service("workers.app")(
+        coro = _service("workers.llm.app" if args.stage >= 0 else "workers.app")(
             WorkerSettings(
                 nats_url=args.nats_url,
                 model_repository=args.model_repository.resolve(),
@@ -239,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=args.port,
                 device=args.device,
                 exit_with_parent=args.exit_with_parent,
+                stage=args.stage,
                 limits=_limits(args),
             )
         )

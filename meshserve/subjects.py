@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BATCHER_QUEUE_GROUP",
     "PREFIX",
+    "cancel",
     "control",
     "infer",
     "infer_all",
@@ -54,3 +55,9 @@ def worker_query() -> str:
 def control() -> str:
     """Where gateways send load/unload requests; the controller (``meshserve up``) answers."""
     return f"{PREFIX}.control"
+
+
+def cancel() -> str:
+    """Where a gateway says that a streaming request ended before its final response (the client went
+    away, its deadline passed): a model that generates for that reply subject stops (``mesh.CancelNotice``)."""
+    return f"{PREFIX}.cancel"

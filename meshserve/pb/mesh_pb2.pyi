@@ -269,7 +269,7 @@ class StageAck(_message.Message):
     def __init__(self) -> None: ...
 
 class StageAnnouncement(_message.Message):
-    __slots__ = ("instance_id", "model_name", "model_version", "stage", "stages", "state", "reason", "address", "kv_sequences", "kv_tokens", "layer_start", "layer_end", "metrics")
+    __slots__ = ("instance_id", "model_name", "model_version", "stage", "stages", "state", "reason", "address", "kv_sequences", "kv_tokens", "layer_start", "layer_end", "metrics", "linked")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +283,7 @@ class StageAnnouncement(_message.Message):
     LAYER_START_FIELD_NUMBER: _ClassVar[int]
     LAYER_END_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    LINKED_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     model_name: str
     model_version: int
@@ -296,7 +297,8 @@ class StageAnnouncement(_message.Message):
     layer_start: int
     layer_end: int
     metrics: str
-    def __init__(self, instance_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., stage: _Optional[int] = ..., stages: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., kv_sequences: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., metrics: _Optional[str] = ...) -> None: ...
+    linked: bool
+    def __init__(self, instance_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., stage: _Optional[int] = ..., stages: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., kv_sequences: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., metrics: _Optional[str] = ..., linked: bool = ...) -> None: ...
 
 class StageFault(_message.Message):
     __slots__ = ("model_name", "model_version", "stage", "message")
