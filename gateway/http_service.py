@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.core import InferenceCore
 from gateway.generate import decode_generate, generate_events, generate_one, sse_event
 from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
+from gateway.openai_api import add_routes as add_openai_routes
 from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
 from meshserve.model_config import config_to_json
 
@@ -212,5 +213,6 @@ def build_app(core: InferenceCore) -> web.Application:
         app.router.add_post(prefix + "/infer", infer)
         app.router.add_post(prefix + "/generate", generate)
         app.router.add_post(prefix + "/generate_stream", generate_stream)
+    add_openai_routes(app, core)  # /v1/completions, /v1/chat/completions, /v1/models (docs/llm.md)
     app.router.add_route("*", "/v2/{tail:.*}", unknown_model_route)
     return app

@@ -198,6 +198,48 @@ def test_bad_input_is_400(llm: tuple[Mesh, Path], body: dict[str, object], words
     assert status == 400 and words in str(reply["error"]), reply
 
 
+def test_openai_completions(llm: tuple[Mesh, Path]) -> None:
+    mesh, ckpt = llm
+    body = {"model": "llm", "prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0}
+    status, reply = post(mesh, "/v1/completions", body)
+    assert status == 200, reply
+    choice = reply["choices"][0]  # type: ignore[index]
+    assert choice["text"] == reference(ckpt, PROMPTS[0], 10) and choice["finish_reason"] in ("length", "stop")
+    assert reply["object"] == "text_completion" and reply["usage"]["completion_tokens"] == 10  # type: ignore[index]
+    chunks = list(sse(mesh, "/v1/completions", {**body, "stream": True}))
+    assert "".join(c["choices"][0]["text"] for c in chunks) == choice["text"]  # type: ignore[index]
+    assert chunks[-1]["choices"][0]["finish_reason"] == choice["finish_reason"]  # type: ignore[index]
+
+
+def test_openai_chat_completions(llm: tuple[Mesh, Path]) -> None:
+    from gateway.openai_api import chat_prompt
+
+    mesh, ckpt = llm
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is a stage?"}]
+    body = {"model": "llm", "messages": messages, "max_tokens": 8, "temperature": 0}
+    status, reply = post(mesh, "/v1/chat/completions", body)
+    assert status == 200, reply
+    content = reply["choices"][0]["message"]["content"]  # type: ignore[index]
+    assert content == reference(ckpt, chat_prompt(messages), 8)
+    chunks = list(sse(mesh, "/v1/chat/completions", {**body, "stream": True}))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}  # type: ignore[index]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == content  # type: ignore[index, union-attr]
+
+
+def test_openai_errors(llm: tuple[Mesh, Path]) -> None:
+    mesh, _ = llm
+    status, reply = post(mesh, "/v1/completions", {"model": "llm", "prompt": "hi", "temperature": -2})
+    assert status == 400 and "temperature" in reply["error"]["message"], reply  # type: ignore[index]
+    status, reply = post(mesh, "/v1/completions", {"model": "nope", "prompt": "hi"})
+    assert status == 404, reply
+    status, reply = post(mesh, "/v1/chat/completions", {"model": "llm", "messages": []})
+    assert status == 400, reply
+    status, reply = post(
+        mesh, "/v1/completions", {"model": "llm", "prompt": "hi", "stream": True, "top_p": 7}
+    )
+    assert status == 400 and "top_p" in reply["error"]["message"], reply  # type: ignore[index]
+
+
 def stage_metrics(mesh: Mesh) -> dict[str, float]:
     """``meshserve_llm_kv_sequences`` per stage, from each stage's own metrics endpoint (in the log)."""
     urls = sorted(
