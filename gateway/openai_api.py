@@ -126,11 +126,12 @@ def add_routes(app: web.Application, core: InferenceCore) -> None:
             if chat:
                 prompt = chat_prompt(body.get("messages"))
             else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                    prompt = prompt[0]
-                if not isinstance(prompt, str):
+                given = body.get("prompt")
+                if isinstance(given, list) and len(given) == 1 and isinstance(given[0], str):
+                    given = given[0]
+                if not isinstance(given, str):
                     raise InvalidArgument("prompt must be a string (or a list of one string)")
+                prompt = given
             stream = bool(body.get("stream", False))
             body.setdefault("temperature", 1.0)  # OpenAI's default
             call = _call(body, prompt, stream)
