@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests queued per model version before new ones are refused",
     )
 
+    pl = sub.add_parser("plan", help="how many stages/devices/nodes a language model needs (docs/llm.md)")
+    pl.add_argument("--config", type=Path, default=None, help="a Hugging Face config.json or checkpoint dir")
+    pl.add_argument("--params", default=None, help="instead of --config: a parameter count, e.g. 175B")
+    pl.add_argument("--dtype", default="float16", help="float32, float16, bfloat16, fp8, int8, int4")
+    pl.add_argument("--device-memory-gb", type=float, default=80.0)
+    pl.add_argument("--context", type=int, default=2048, help="tokens per sequence (prompt + output)")
+    pl.add_argument("--concurrent", type=int, default=16, help="sequences in flight at full context")
+    pl.add_argument("--headroom", type=float, default=0.1, help="fraction of each device kept free")
+    pl.add_argument("--devices-per-node", type=int, default=8)
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     w = sub.add_parser("worker", help="run one worker (one model instance)")
     _add_common(w, nats_required=True)
     w.add_argument("--model-repository", type=Path, required=True)
@@ -196,8 +207,27 @@ def _run_loop(coro: Coroutine[Any, Any, None], event_loop: str) -> None:
         asyncio.run(coro)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from meshserve.plan import make_plan, render, shape_from_args
+
+    try:
+        plan = make_plan(
+            shape_from_args(args.config, args.params), args.dtype, args.device_memory_gb, args.context,
+            args.concurrent, args.headroom, args.devices_per_node,
+        )  # fmt: skip
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"meshserve plan: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.as_json(), indent=2) if args.json else render(plan))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "plan":
+        return _plan(args)
     setup_logging(args.command, args.log_verbose)
     coro: Coroutine[Any, Any, None]
     if args.command == "up":
