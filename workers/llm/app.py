@@ -80,7 +80,26 @@ def _metrics(node: StageNode, host: str, port: int) -> str:
         "KV cache tokens this stage may reserve",
         lambda: node.rt.pool.max_tokens,
     )
-    gauge("meshserve_llm_steps", "Steps this stage computed", lambda: node.steps)
+    gauge("meshserve_llm_steps", "Steps (micro-batches) this stage computed", lambda: node.rt.steps)
+    gauge(
+        "meshserve_llm_compute_seconds", "Seconds this stage spent computing steps", lambda: node.rt.compute_s
+    )
+    gauge(
+        "meshserve_llm_step_sequences",
+        "Sequences over all steps (divided by steps: mean micro-batch)",
+        lambda: node.rt.step_seqs,
+    )
+    gauge(
+        "meshserve_llm_step_tokens",
+        "Tokens over all steps (prefill counts every prompt token)",
+        lambda: node.rt.step_tokens,
+    )
+    gauge("meshserve_llm_hops", "Steps received from the previous stage", lambda: node.hops)
+    gauge(
+        "meshserve_llm_hop_seconds",
+        "Sum of send-to-receive times of those steps (wall clocks)",
+        lambda: node.hop_s,
+    )
     gauge("meshserve_llm_faults", "Faults this stage has seen", lambda: node.faults)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return f"http://{host}:{server.server_port}/metrics"

@@ -74,8 +74,10 @@ class StageNode(mesh_pb2_grpc.PipelineStageServicer):
         """Stage 0: the engine ends its sequences (it knows more about them than the runtime)."""
         self.on_ring_change: Callable[[bool], Awaitable[None]] | None = None
         self.ring_ok = self.stages == 1
-        self.steps = 0
         self.faults = 0
+        self.hops = 0
+        self.hop_s = 0.0
+        """Sum of (receipt - send) wall-clock times of the steps that reached this stage."""
 
     # -- start / stop ------------------------------------------------------------------------------
     async def start(self, port: int = 0) -> None:
@@ -235,6 +237,9 @@ class StageNode(mesh_pb2_grpc.PipelineStageServicer):
             async for frame in request_iterator:
                 kind = frame.WhichOneof("kind")
                 if kind == "step":
+                    if frame.step.sent_unix_ns and frame.step.seqs:
+                        self.hops += 1
+                        self.hop_s += max(0, time.time_ns() - frame.step.sent_unix_ns) / 1e9
                     await self._inbox.put(frame.step)
                 elif kind == "tokens" and self.on_tokens is not None:
                     await self.on_tokens(frame.tokens)
@@ -279,7 +284,6 @@ class StageNode(mesh_pb2_grpc.PipelineStageServicer):
             else torch.empty((0, self.rt.config.hidden_size))
         )
         out = self.rt.run(step, x)
-        self.steps += 1
         if isinstance(out, list):
             return mesh_pb2.StageTokens(
                 step_id=step.step_id, seq_ids=[s.seq_id for s in step.seqs], tokens=out

@@ -9,6 +9,7 @@ stages in one process.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,11 @@ class StageRuntime:
         )  # fmt: skip
         self.samplers: dict[int, Sampler] = {}
         self.seqs: dict[int, SeqInfo] = {}
+        self.steps = 0
+        """Steps with at least one sequence (stage metrics; bench/pipeline.py reads them)."""
+        self.compute_s = 0.0
+        self.step_seqs = 0
+        self.step_tokens = 0
 
     @property
     def first(self) -> bool:
@@ -144,10 +150,19 @@ class StageRuntime:
         for seg, cache in zip(segments, caches, strict=True):
             if seg.start + seg.length > cache.capacity:
                 raise ValueError(f"sequence {seg.seq_id} ran past its KV cache of {cache.capacity} tokens")
-        out: torch.Tensor = self.module(x.to(self.device), segments, caches)
-        if not self.last:
-            return out
-        return [self.samplers[s.seq_id].sample(row) for s, row in zip(step.seqs, out, strict=True)]
+        t0 = time.perf_counter()
+        try:
+            out: torch.Tensor = self.module(x.to(self.device), segments, caches)
+            if not self.last:
+                if out.is_cuda:
+                    torch.cuda.synchronize(out.device)
+                return out
+            return [self.samplers[s.seq_id].sample(row) for s, row in zip(step.seqs, out, strict=True)]
+        finally:
+            self.steps += 1
+            self.compute_s += time.perf_counter() - t0
+            self.step_seqs += len(segments)
+            self.step_tokens += sum(s.length for s in segments)
 
     @torch.inference_mode()
     def logits(self, step: mesh_pb2.StageStep, x: torch.Tensor) -> torch.Tensor:
