@@ -29,8 +29,10 @@ class LlmParams:
     """Tokens in one micro-batch (prompts of new sequences count whole)."""
     dtype: str = "auto"
     """``auto`` (the checkpoint's on a GPU, float32 on a CPU) or a torch dtype name."""
-    cpu_threads: int = 0
-    """torch threads per stage on a CPU; 0 = the machine's cores / stages (stages of one machine share it)."""
+    cpu_threads: int = 1
+    """torch threads per stage on a CPU; 0 = the machine's cores / stages.  1 by default: on a machine
+    whose cores are shared (several stages, other services) torch's worker threads spin-wait for cores
+    and a decode step of the bench model took 5x the CPU time with 2 threads than with 1 (docs/llm.md)."""
     add_bos_token: bool = True
     stream_pending_bytes: int = 1 << 20
     """When stage 0's NATS connection holds more unsent bytes than this, a sequence's new text waits
