@@ -9,17 +9,20 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from batcher.link import InFlight, InstanceLink
+from batcher.metrics import start_metrics_server
 from batcher.model_rules import rules_from_announcement, signature_of
 from batcher.policy import Pending
 from batcher.scheduler import ModelScheduler, Queued
 from meshserve import subjects
 from meshserve.errors import MeshError, Unavailable
 from meshserve.lifecycle import close_nats, install_stop_signals
+from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.pb import mesh_pb2
@@ -43,6 +46,10 @@ class Batcher:
         self._stopping = False
         self._drained = asyncio.Event()
         """Set, while stopping, when the last batch in flight is done."""
+
+    def schedulers(self) -> list[ModelScheduler]:
+        """Every model version's scheduler (the metrics endpoint reads them)."""
+        return list(self._schedulers.values())
 
     async def start(self) -> None:
         await self._nc.subscribe(subjects.worker_announce(), cb=self._on_announce)
@@ -220,17 +227,25 @@ def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
 async def run(settings: BatcherSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, "batcher")
+    metrics: web.AppRunner | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             batcher = Batcher(settings, nc, tg)
             await batcher.start()
-            announce_ready("batcher", nats=settings.nats_url)
+            metrics_port = -1
+            if settings.metrics_port >= 0:
+                sock = bind_listener("batcher metrics", settings.host, settings.metrics_port)
+                metrics = await start_metrics_server(batcher.schedulers, sock)
+                metrics_port = sock.getsockname()[1]
+            announce_ready("batcher", nats=settings.nats_url, metrics_port=metrics_port)
             await stop.wait()
             await batcher.drain(settings.limits.request_timeout_s / 4)
             raise _Stop
     except* _Stop:
         pass
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await close_nats(nc)
 
 

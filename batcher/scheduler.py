@@ -8,12 +8,13 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from batcher.link import InFlight, InstanceLink
 from batcher.model_rules import ModelRules
-from batcher.policy import Pending, decide
+from batcher.policy import Pending, Reason, decide
 from batcher.queues import PriorityQueues
 from meshserve.errors import DeadlineExceeded, MeshError, QueueFull, Unavailable, WorkerLost
 from meshserve.pb import mesh_pb2
@@ -67,6 +68,8 @@ class ModelScheduler:
         self._queues: PriorityQueues[Queued] = PriorityQueues(list(rules.policies), rules.default_level)
         self._links: dict[str, InstanceLink] = {}
         self._wake = asyncio.Event()
+        self.sent_by_reason: Counter[Reason] = Counter()
+        """Batches sent, by the policy's reason (the batcher's metrics read it)."""
 
     @property
     def depth(self) -> int:
@@ -146,6 +149,8 @@ class ModelScheduler:
             if decision.take == 0:
                 due = [t for t in (decision.wake_at_s, self._queues.next_due()) if t is not None]
                 return min(due) if due else None
+            if decision.reason is not None:
+                self.sent_by_reason[decision.reason] += 1
             await self._send(link, self._queues.pop_front(self._fit_bytes(decision.take)), now)
 
     def _fit_bytes(self, take: int) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import grpc
 from aiohttp import web
@@ -15,8 +14,10 @@ from gateway.grpc_service import InferenceServicer
 from gateway.http_service import build_app
 from gateway.metrics import build_registry, start_metrics_server
 from gateway.models import ModelTable
+from gateway.peers import GatewayPeers
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
+from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
@@ -47,6 +48,8 @@ async def run(settings: GatewaySettings) -> None:
     await nc.subscribe(subjects.worker_announce(), cb=on_announce)
     await nc.publish(subjects.worker_query(), b"")
     core = InferenceCore(settings, models, Dispatcher(nc))
+    core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
+    await core.peers.start()
 
     limit = settings.limits.grpc_message_bytes
     grpc_server = grpc.aio.server(
@@ -64,11 +67,11 @@ async def run(settings: GatewaySettings) -> None:
 
     runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
     await runner.setup()
-    http_socket = _bind("HTTP", settings.host, settings.http_port, settings.reuse_port)
+    http_socket = bind_listener("HTTP", settings.host, settings.http_port, settings.reuse_port)
     await web.SockSite(runner, http_socket).start()
     http_port = http_socket.getsockname()[1]
 
-    metrics_socket = _bind("metrics", settings.host, settings.metrics_port)
+    metrics_socket = bind_listener("metrics", settings.host, settings.metrics_port)
     metrics_runner = await start_metrics_server(
         build_registry(core.stats, models.live_instances), metrics_socket
     )
@@ -88,20 +91,6 @@ async def run(settings: GatewaySettings) -> None:
         await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
         await runner.cleanup()
         await metrics_runner.cleanup()
+        await core.peers.stop()
         await close_nats(nc)
 
-
-def _bind(what: str, host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """Bind a listening socket ourselves so the port actually bound (port 0 = a free one) is known."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(f"gateway: cannot bind {what} on {host}:{port}: {exc}") from exc
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.dispatcher import Dispatcher
 from gateway.models import ModelState, ModelTable, ModelView
+from gateway.peers import GatewayPeers
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
@@ -43,6 +44,8 @@ class InferenceCore:
         self.stats = StatsBook()
         self._dispatcher = dispatcher
         self.shutting_down = False
+        self.peers: GatewayPeers | None = None
+        """Set by the gateway process: statistics then add up every gateway's counts."""
 
     async def infer(
         self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
@@ -202,8 +205,17 @@ class InferenceCore:
                 )
         return rows
 
-    def statistics(self, model: str, version: str) -> list[dict[str, Any]]:
+    async def statistics(self, model: str, version: str) -> list[dict[str, Any]]:
+        """Triton's ``model_stats`` for one version, a model's versions, or every model: this gateway's
+        counts plus every peer gateway's (``gateway/peers.py``) when there are several."""
         views = [self.models.find(model, version)] if model else self.models.all_views()
         if model and not version:
             views = self.models.versions_of(model)
-        return [self.stats.get(view.name, view.version).as_dict(view.name, view.version) for view in views]
+        keys = [(view.name, view.version) for view in views]
+        if self.peers is None:
+            return self.local_statistics(keys)
+        return await self.peers.statistics(keys)
+
+    def local_statistics(self, keys: list[tuple[str, int]]) -> list[dict[str, Any]]:
+        """What this gateway alone counted for ``keys``."""
+        return [self.stats.get(name, version).as_dict(name, version) for name, version in keys]

@@ -101,7 +101,7 @@ def build_app(core: InferenceCore) -> web.Application:
 
     async def statistics(request: web.Request) -> web.Response:
         model = request.match_info.get("model", "")
-        return _json({"model_stats": core.statistics(model, version(request))})
+        return _json({"model_stats": await core.statistics(model, version(request))})
 
     async def repository_index(request: web.Request) -> web.Response:
         body = await request.read()

@@ -19,7 +19,7 @@ from typing import Any
 from meshserve.errors import Cancelled, DeadlineExceeded, MeshError, Unavailable
 from meshserve.pb import mesh_pb2
 
-__all__ = ["Duration", "FailureReason", "ModelStats", "StatsBook", "failure_reason"]
+__all__ = ["Duration", "FailureReason", "ModelStats", "StatsBook", "failure_reason", "merge_statistics"]
 
 
 class FailureReason(Enum):
@@ -185,6 +185,43 @@ class StatsBook:
         batch.compute_input.add(timing.compute_input_ns)
         batch.compute_infer.add(timing.compute_infer_ns)
         batch.compute_output.add(timing.compute_output_ns)
+
+
+def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model version's statistics from several gateways' :meth:`ModelStats.as_dict`: counts and
+    durations add up (each request was counted by exactly one gateway), batch sizes merge by size, the
+    last inference is the latest."""
+    merged: dict[str, Any] = _copy_stats(parts[0])
+    for part in parts[1:]:
+        merged["last_inference"] = max(int(merged["last_inference"]), int(part["last_inference"]))
+        merged["inference_count"] += int(part["inference_count"])
+        merged["execution_count"] += int(part["execution_count"])
+        for key, duration in part["inference_stats"].items():
+            _add_duration(merged["inference_stats"].setdefault(key, {"count": 0, "ns": 0}), duration)
+        by_size = {int(b["batch_size"]): b for b in merged["batch_stats"]}
+        for batch in part["batch_stats"]:
+            into = by_size.get(int(batch["batch_size"]))
+            if into is None:
+                by_size[int(batch["batch_size"])] = _copy_stats(batch)
+                continue
+            for key in ("compute_input", "compute_infer", "compute_output"):
+                _add_duration(into[key], batch[key])
+        merged["batch_stats"] = [by_size[size] for size in sorted(by_size)]
+    return merged
+
+
+def _copy_stats(stats: Any) -> Any:
+    """A deep copy of a statistics dict (only dicts, lists and scalars)."""
+    if isinstance(stats, dict):
+        return {key: _copy_stats(value) for key, value in stats.items()}
+    if isinstance(stats, list):
+        return [_copy_stats(value) for value in stats]
+    return stats
+
+
+def _add_duration(into: dict[str, int], other: dict[str, Any]) -> None:
+    into["count"] = int(into["count"]) + int(other["count"])
+    into["ns"] = int(into["ns"]) + int(other["ns"])
 
 
 def _now_ms() -> int:

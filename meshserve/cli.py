@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="explicit mode: load at start (repeatable; '*' = all)",
     )
     up.add_argument(
+        "--batcher-metrics-port",
+        type=int,
+        default=int(env_default("batcher_metrics_port", "0")),
+        help="the batcher's Prometheus /metrics (queue depth per model): 0 = a free port, -1 = off",
+    )
+    up.add_argument(
         "--gateways",
         type=int,
         default=int(env_default("gateways", "1")),
@@ -136,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument(
         "--reuse-port", action="store_true", help="bind with SO_REUSEPORT so several gateways share the ports"
     )
+    gw.add_argument(
+        "--stats-collect-timeout-secs",
+        type=float,
+        default=float(env_default("stats_collect_timeout_secs", "1.0")),
+        help="how long a statistics call waits for the other gateways' counts (default %(default)s)",
+    )
 
     b = sub.add_parser("batcher", help="run one batcher")
     _add_common(b, nats_required=True)
@@ -144,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(env_default("max_queue_size", "10000")),
         help="requests queued per model version before new ones are refused",
+    )
+    b.add_argument("--host", default=env_default("host", "127.0.0.1"), help="address of the metrics endpoint")
+    b.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env_default("batcher_metrics_port", "-1")),
+        help="Prometheus /metrics of the batcher: queue depth, batches by reason (-1 = off, 0 = a free port)",
     )
 
     pl = sub.add_parser("plan", help="how many stages/devices/nodes a language model needs (docs/llm.md)")
@@ -187,6 +206,7 @@ def _gateway_settings(args: argparse.Namespace, nats_url: str) -> GatewaySetting
         strict_readiness=args.strict_readiness,
         reuse_port=getattr(args, "reuse_port", False),
         exit_with_parent=getattr(args, "exit_with_parent", False),
+        stats_collect_timeout_s=getattr(args, "stats_collect_timeout_secs", 1.0),
         limits=_limits(args),
     )
 
@@ -238,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model_repository=args.model_repository.resolve(),
                 gateway=_gateway_settings(args, ""),
                 gateways=max(1, args.gateways),
+                batcher_metrics_port=args.batcher_metrics_port,
                 model_control_mode=args.model_control_mode,
                 load_models=tuple(args.load_model),
                 nats_url=args.nats_url,
@@ -256,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             BatcherSettings(
                 nats_url=args.nats_url,
                 max_queue_size=args.max_queue_size,
+                host=args.host,
+                metrics_port=args.metrics_port,
                 exit_with_parent=args.exit_with_parent,
                 limits=_limits(args),
             )

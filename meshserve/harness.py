@@ -36,6 +36,8 @@ class Mesh:
     metrics_url: str = ""
     metrics_urls: tuple[str, ...] = ()
     nats_url: str = ""
+    batcher_metrics_url: str = ""
+    """The batcher's ``/metrics`` (queue depth, batches by reason)."""
     """One per gateway process (``--gateways N``)."""
     """``http://127.0.0.1:<metrics port>/metrics`` (Prometheus text)."""
 
@@ -138,6 +140,11 @@ def start_mesh(repository: Path, log_path: Path, *extra_args: str, timeout_s: fl
         metrics_url=f"http://127.0.0.1:{ready['metrics_port']}/metrics",
         metrics_urls=tuple(f"http://127.0.0.1:{port}/metrics" for port in ready["metrics_ports"]),
         nats_url=ready["nats"],
+        batcher_metrics_url=(
+            f"http://127.0.0.1:{ready['batcher_metrics_port']}/metrics"
+            if ready.get("batcher_metrics_port", -1) >= 0
+            else ""
+        ),
     )
 
 

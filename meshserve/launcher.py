@@ -183,8 +183,11 @@ class Launcher:
             "--event-loop",
             s.event_loop,
         ]
-        batcher = await self._spawn("batcher", ["batcher", *common])
-        await self._wait_ready([batcher])
+        batcher = await self._spawn(
+            "batcher",
+            ["batcher", *common, "--host", s.gateway.host, "--metrics-port", str(s.batcher_metrics_port)],
+        )
+        (batcher_ready,) = await self._wait_ready([batcher])
         g = s.gateway
         gw = await self._start_gateways(common)
         entries = scan_repository(s.model_repository)
@@ -217,12 +220,17 @@ class Launcher:
             gw["http_port"],
             " ".join(f"http://{g.host}:{p}/metrics" for p in gw["metrics_ports"]),
         )
+        if batcher_ready.get("metrics_port", -1) >= 0:
+            log.info(
+                "batcher metrics (queue depth): http://%s:%s/metrics", g.host, batcher_ready["metrics_port"]
+            )
         return {
             "nats": nats_url,
             "grpc_port": gw["grpc_port"],
             "http_port": gw["http_port"],
             "metrics_port": gw["metrics_port"],
             "metrics_ports": gw["metrics_ports"],
+            "batcher_metrics_port": batcher_ready.get("metrics_port", -1),
             "models": models,
         }
 

@@ -70,6 +70,8 @@ class GatewaySettings:
     """A worker silent for this long no longer counts toward a model's readiness."""
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
+    stats_collect_timeout_s: float = 1.0
+    """How long a statistics call waits for the other gateways' counts (``gateway/peers.py``)."""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -82,6 +84,10 @@ class BatcherSettings:
     """A worker silent this long is dropped from the pool; its in-flight batches are failed."""
     inflight_batches_per_instance: int = 1
     """Batches sent to one worker instance before it answers (kept 1: one batch at a time)."""
+    host: str = "127.0.0.1"
+    metrics_port: int = -1
+    """Prometheus ``/metrics`` (queue depth, batches by reason: ``batcher/metrics.py``); -1 = off, 0 = a
+    free port."""
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
     limits: Limits = field(default_factory=Limits)
@@ -121,6 +127,8 @@ class UpSettings:
     load_models: tuple[str, ...] = ()
     """``--load-model`` names loaded at start in explicit mode (``*`` = all)."""
     gateways: int = 1
+    batcher_metrics_port: int = 0
+    """The batcher's Prometheus endpoint: 0 = a free port (logged, and in the ready line), -1 = off."""
     """Gateway processes sharing the client ports (one Python process must not be the ceiling)."""
     nats_url: str | None = None
     """An existing NATS server; None starts an embedded one."""

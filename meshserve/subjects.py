@@ -11,6 +11,8 @@ __all__ = [
     "PREFIX",
     "cancel",
     "control",
+    "gateway_announce",
+    "gateway_stats",
     "infer",
     "infer_all",
     "model_token",
@@ -61,3 +63,13 @@ def cancel() -> str:
     """Where a gateway says that a streaming request ended before its final response (the client went
     away, its deadline passed): a model that generates for that reply subject stops (``mesh.CancelNotice``)."""
     return f"{PREFIX}.cancel"
+
+
+def gateway_announce() -> str:
+    """Where each gateway publishes its heartbeat, so gateways know how many peers share the load."""
+    return f"{PREFIX}.gateway.announce"
+
+
+def gateway_stats() -> str:
+    """Where a gateway asks every gateway for its statistics (one mesh-wide ModelStatistics answer)."""
+    return f"{PREFIX}.gateway.stats"

@@ -131,6 +131,14 @@ def test_several_gateways_share_the_client_ports(tmp_path: Path) -> None:
             served.append(float(line.rsplit(" ", 1)[1]))
         assert sum(served) == 24
         assert all(n > 0 for n in served), served
+        # Each gateway counted only its share, yet a statistics call on any connection sums all of them.
+        for _ in range(4):
+            client = grpcclient.InferenceServerClient(mesh.grpc_url)
+            stats = client.get_inference_statistics("simple", as_json=True)["model_stats"][0]
+            client.close()
+            assert int(stats["inference_count"]) == 24, stats
+            assert int(stats["inference_stats"]["success"]["count"]) == 24, stats
+            assert int(stats["execution_count"]) == 24, stats
     finally:
         assert mesh.stop() == 0
 

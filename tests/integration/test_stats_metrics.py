@@ -94,9 +94,10 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-def scrape(mesh: Mesh) -> tuple[dict[Sample, float], dict[str, str], str]:
-    """Samples by (name, labels), the ``# TYPE`` of each family, and the raw text."""
-    with urllib.request.urlopen(mesh.metrics_url, timeout=10) as response:
+def scrape(mesh: Mesh, url: str = "") -> tuple[dict[Sample, float], dict[str, str], str]:
+    """Samples by (name, labels), the ``# TYPE`` of each family, and the raw text (of the first
+    gateway's metrics, or of ``url``)."""
+    with urllib.request.urlopen(url or mesh.metrics_url, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
@@ -307,3 +308,33 @@ def test_metrics_count_a_bad_request_as_other(mesh: Mesh) -> None:
     after, _, _ = scrape(mesh)
     key = ("nv_inference_request_failure", labels("simple", reason="OTHER"))
     assert after[key] - before[key] == 1
+
+
+def test_batcher_metrics_show_queue_depth_and_why_batches_were_sent(mesh: Mesh) -> None:
+    """`slow` (one instance, 2 s per request, no dynamic batching): of three requests sent together one
+    runs and two wait in the batcher's queue — what an autoscaler scales on."""
+    assert mesh.batcher_metrics_url
+    before, types, _ = scrape(mesh, mesh.batcher_metrics_url)
+    assert types["meshserve_queue_depth"] == "gauge"
+    assert types["meshserve_batches_sent_total"] == "counter"
+    sent_before = value(before, "meshserve_batches_sent_total", "slow", reason="not_batching")
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    done: queue.Queue[Any] = queue.Queue()
+    for _ in range(3):
+        client.async_infer(
+            "slow", [fp32_input(grpcclient, "IN", 1, 4)], callback=lambda result, error: done.put(error)
+        )
+
+    def queued() -> bool:
+        samples = scrape(mesh, mesh.batcher_metrics_url)[0]
+        return (
+            value(samples, "meshserve_queue_depth", "slow") == 2
+            and value(samples, "meshserve_batcher_inflight_batches", "slow") == 1
+        )
+
+    assert wait_for(queued, 5)
+    assert [done.get(timeout=30) for _ in range(3)] == [None, None, None]
+    after = scrape(mesh, mesh.batcher_metrics_url)[0]
+    assert value(after, "meshserve_queue_depth", "slow") == 0
+    assert value(after, "meshserve_batcher_instances", "slow") == 1
+    assert value(after, "meshserve_batches_sent_total", "slow", reason="not_batching") == sent_before + 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.stats import FailureReason, StatsBook, failure_reason
+from gateway.stats import FailureReason, StatsBook, failure_reason, merge_statistics
 from gateway.timing import TIMING_PARAMETER, add_breakdown, breakdown, wants_timing
 from meshserve.errors import (
     Cancelled,
@@ -208,3 +208,31 @@ def test_add_breakdown_writes_int64_parameters_next_to_the_models_own() -> None:
         for key in response.parameters
         if key.startswith("meshserve_")
     )
+
+
+def test_statistics_of_several_gateways_add_up() -> None:
+    first, second = StatsBook(), StatsBook()
+    first.record_success("m", 1, 1_000, 2, timing(rows=2))
+    first.record_success("m", 1, 3_000, 4, timing(rows=4))
+    second.record_success("m", 1, 5_000, 4, timing(rows=4, base=200))
+    second.record_failure("m", 1, 7_000, FailureReason.BACKEND)
+    a, b = first.get("m", 1).as_dict("m", 1), second.get("m", 1).as_dict("m", 1)
+    merged = merge_statistics([a, b])
+    assert merged["inference_count"] == 10
+    assert merged["execution_count"] == 3
+    assert merged["inference_stats"]["success"] == {"count": 3, "ns": 9_000}
+    assert merged["inference_stats"]["fail"] == {"count": 1, "ns": 7_000}
+    assert merged["inference_stats"]["queue"] == {"count": 3, "ns": 100 + 100 + 200}
+    assert [entry["batch_size"] for entry in merged["batch_stats"]] == [2, 4]
+    four = merged["batch_stats"][1]
+    assert four["compute_infer"] == {"count": 2, "ns": 103 + 203}
+    assert merged["last_inference"] == max(a["last_inference"], b["last_inference"])
+    # The inputs are left as they were.
+    assert a["inference_count"] == 6 and b["batch_stats"][0]["compute_infer"]["count"] == 1
+
+
+def test_statistics_of_one_gateway_merge_to_themselves() -> None:
+    book = StatsBook()
+    book.record_success("m", 1, 1_000, 1, timing())
+    alone = book.get("m", 1).as_dict("m", 1)
+    assert merge_statistics([alone]) == alone
