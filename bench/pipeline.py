@@ -141,7 +141,9 @@ def stage_metrics(mesh: Mesh) -> dict[int, dict[str, float]]:
     return out
 
 
-def prepare(work: Path, size: str, stages: int, cpu_threads: int = 0) -> tuple[Path, Path]:
+def prepare(
+    work: Path, size: str, stages: int, cpu_threads: int = 0, microbatches: int = 0
+) -> tuple[Path, Path]:
     """One checkpoint for all stage counts; a repository per stage count links to it."""
     make = make_llm_module()
     base = work / f"{size}-checkpoint"
@@ -156,6 +158,8 @@ def prepare(work: Path, size: str, stages: int, cpu_threads: int = 0) -> tuple[P
     text = make.config_pbtxt(stages, context)
     if cpu_threads:
         text += f'parameters {{ key: "cpu_threads", value: {{ string_value: "{cpu_threads}" }} }}\n'
+    if microbatches:
+        text += f'parameters {{ key: "microbatches", value: {{ string_value: "{microbatches}" }} }}\n'
     (repo / "llm" / "config.pbtxt").write_text(text)
     return repo, base / "llm" / "1"
 
@@ -173,11 +177,12 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--work", type=Path, default=Path("/tmp/meshserve-bench-pipeline"))
     p.add_argument("--cpu-threads", type=int, default=0, help="torch threads per stage (0 = cores / stages)")
+    p.add_argument("--microbatches", type=int, default=0, help="micro-batches in flight (0 = one per stage)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = p.parse_args()
     results: list[dict[str, Any]] = []
     for n in [int(x) for x in args.stages.split(",")]:
-        repo, ckpt = prepare(args.work, args.size, n, args.cpu_threads)
+        repo, ckpt = prepare(args.work, args.size, n, args.cpu_threads, args.microbatches)
         mesh = start_mesh(repo, args.work / f"mesh-{n}.log", "--request-timeout-secs", "600", timeout_s=600)
         try:
             time.sleep(2)
@@ -202,7 +207,7 @@ def main() -> None:
                         }
                     )
                 row = {
-                    "stages": n, "concurrency": c, "tokens": run.tokens, "wall_s": run.wall_s,
+                    "stages": n, "concurrency": c, "microbatches": args.microbatches or n, "tokens": run.tokens, "wall_s": run.wall_s,
                     "tokens_per_s": run.tokens_per_s, "errors": run.errors,
                     "ttft_p50_ms": 1e3 * pct(run.ttft, 50), "ttft_p99_ms": 1e3 * pct(run.ttft, 99),
                     "itl_p50_ms": 1e3 * pct(run.itl, 50), "itl_p99_ms": 1e3 * pct(run.itl, 99),

@@ -150,6 +150,11 @@ async def run(settings: WorkerSettings) -> None:
             eng = engine
 
             async def on_ring(ok: bool) -> None:
+                assert node is not None
+                if ok and node.faults:
+                    # the ring re-formed after a fault: steps that were in flight then may have left KV
+                    # cache behind in a stage; every stage starts clean (stage 0 holds no sequence now)
+                    await node.fault("the pipeline re-formed; every stage starts clean")
                 await eng.set_available(ok, "" if ok else "a stage of the pipeline is missing")
                 if announcer is not None and announcer.message.address:  # not before the endpoint is open
                     state = mesh_pb2.READY if ok else mesh_pb2.UNAVAILABLE

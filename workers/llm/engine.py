@@ -92,6 +92,8 @@ class Engine:
         self.available = runtime.stages == 1
         self.unavailable_reason = "the pipeline's stages are not all connected yet"
         self.tokens_out = 0
+        self.epoch = 0
+        """Bumped by every reset: a step computed across a reset is dropped, not sent."""
 
     # -- admission ---------------------------------------------------------------------------------
     def parse(self, message: mesh_pb2.InferRequest) -> tuple[list[int], SamplingParams, bool]:
@@ -225,12 +227,15 @@ class Engine:
         if batch:
             self.inflight[step.step_id] = batch
         loop = asyncio.get_running_loop()
+        epoch = self.epoch
         try:
             out = await loop.run_in_executor(self.compute, self._compute, step, ids)
         except Exception as exc:
             log.exception("stage 0: step failed")
             await self.reset(f"stage 0 failed a step: {type(exc).__name__}: {exc}")
             return
+        if epoch != self.epoch:
+            return  # a fault ended these sequences while the step ran
         if isinstance(out, mesh_pb2.StageTokens):
             await self.on_tokens(out)
         elif self._send is not None:
