@@ -68,9 +68,11 @@ class Batcher:
             log.warning("undecodable request on %s dropped", msg.subject)
             return
         scheduler = self._schedulers.get((request.model_name, request.model_version))
+        if scheduler is None and request.model_version <= 0:
+            scheduler = self._latest(request.model_name)
         ragged = scheduler.rules.ragged_inputs if scheduler is not None else frozenset()
         item = Queued(
-            pending=Pending(time.monotonic(), max(1, request.batch_size), signature_of(request, ragged)),
+            pending=Pending(time.monotonic(), _rows(request, scheduler), signature_of(request, ragged)),
             raw=msg.data,
             reply_to=msg.reply,
             request_id=request.request_id,
@@ -81,7 +83,11 @@ class Batcher:
             timeout_s=request.timeout_us / 1e6,
         )
         error: MeshError | None
-        if scheduler is None:
+        if scheduler is None and request.model_version <= 0:
+            error = Unavailable(
+                f"model '{request.model_name}' is not served: no live instance of any version"
+            )
+        elif scheduler is None:
             error = Unavailable(
                 f"model '{request.model_name}' version {request.model_version} has no live instance"
             )
@@ -89,6 +95,16 @@ class Batcher:
             error = scheduler.admit(item)
         if error is not None:
             await self.reply_error(item, error)
+
+    def _latest(self, model: str) -> ModelScheduler | None:
+        """Version 0 (a python model's BLS request with ``model_version=-1``): the highest version
+        with a live instance.  Gateways always resolve the version themselves."""
+        live = [
+            s
+            for (name, _), s in self._schedulers.items()
+            if name == model and any(link.accepting for link in s.links.values())
+        ]
+        return max(live, key=lambda s: s.version, default=None)
 
     async def reply_error(self, item: Queued, error: MeshError) -> None:
         if not item.reply_to:
@@ -130,6 +146,8 @@ class Batcher:
             self._schedulers[key] = scheduler
             self._tg.create_task(scheduler.run())
         if ann.instance_id not in scheduler.links:
+            if ann.model_config:
+                scheduler.update_rules(rules_from_announcement(ann))  # a reload may bring a new config
             link = InstanceLink(
                 ann.instance_id,
                 ann.address,
@@ -216,6 +234,18 @@ class Batcher:
         for link in links:
             link.retire()
             await link.close()
+
+
+def _rows(request: mesh_pb2.InferRequest, scheduler: ModelScheduler | None) -> int:
+    """Rows the request takes in a batch.  Gateways set ``batch_size``; a BLS request from a python
+    model leaves it 0, and then a batching model's rows are its first input's first dimension."""
+    if request.batch_size > 0:
+        return request.batch_size
+    if scheduler is not None and scheduler.rules.batching.max_batch_size > 0 and request.inputs:
+        shape = request.inputs[0].shape
+        if shape and shape[0] > 0:
+            return int(shape[0])
+    return 1
 
 
 def _monotonic_deadline(deadline_unix_ns: int) -> float | None:

@@ -5,6 +5,7 @@ instance, and answer every request that cannot be run (queue full, timed out, in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -74,6 +75,31 @@ class ModelScheduler:
     @property
     def depth(self) -> int:
         return len(self._queues)
+
+    def update_rules(self, rules: ModelRules) -> None:
+        """A reloaded model's new config (it arrives with its first new instance).  Batching rules
+        apply from the next batch; new priority levels / queue policies only when nothing is queued
+        (queued requests keep their levels), else the old ones stay until the next reload."""
+        if rules == self.rules:
+            return
+        queues_change = (rules.policies, rules.default_level) != (
+            self.rules.policies,
+            self.rules.default_level,
+        )
+        if queues_change and len(self._queues):
+            log.warning(
+                "model '%s' version %d keeps its old queue policies: %d requests are queued",
+                self.model,
+                self.version,
+                len(self._queues),
+            )
+            rules = dataclasses.replace(
+                rules, policies=self.rules.policies, default_level=self.rules.default_level
+            )
+        elif queues_change:
+            self._queues = PriorityQueues(list(rules.policies), rules.default_level)
+        self.rules = rules
+        self._wake.set()
 
     @property
     def links(self) -> dict[str, InstanceLink]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -20,6 +21,7 @@ from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
+from meshserve.model_states import ModelStateStore
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 from meshserve.pb import mesh_pb2
 from meshserve.settings import GatewaySettings
@@ -47,6 +49,12 @@ async def run(settings: GatewaySettings) -> None:
 
     await nc.subscribe(subjects.worker_announce(), cb=on_announce)
     await nc.publish(subjects.worker_query(), b"")
+    states = await ModelStateStore.open(nc)
+    watch = (
+        asyncio.create_task(states.watch(models.apply_record, models.drop_record))
+        if states is not None
+        else None
+    )
     core = InferenceCore(settings, models, Dispatcher(nc))
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
@@ -88,9 +96,10 @@ async def run(settings: GatewaySettings) -> None:
         await stop.wait()
         core.shutting_down = True
     finally:
+        if watch is not None:
+            watch.cancel()
         await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
         await runner.cleanup()
         await metrics_runner.cleanup()
         await core.peers.stop()
         await close_nats(nc)
-

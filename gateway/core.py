@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.dispatcher import Dispatcher
+from gateway.ensemble import EnsembleRunner
 from gateway.models import ModelState, ModelTable, ModelView
 from gateway.peers import GatewayPeers
+from gateway.repository_params import ParamValue, control_request
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
@@ -27,7 +29,15 @@ from meshserve.settings import GatewaySettings
 __all__ = ["EXTENSIONS", "SERVER_NAME", "InferOutcome", "InferenceCore"]
 
 SERVER_NAME = "triton"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters", "meshserve")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "parameters",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "meshserve",
+)
 """Only what meshserve implements; see docs/architecture.md "How meshserve identifies itself"."""
 
 
@@ -43,6 +53,7 @@ class InferenceCore:
         self.models = models
         self.stats = StatsBook()
         self._dispatcher = dispatcher
+        self._ensembles = EnsembleRunner(models, dispatcher, self.stats, settings.limits.max_message_bytes)
         self.shutting_down = False
         self.peers: GatewayPeers | None = None
         """Set by the gateway process: statistics then add up every gateway's counts."""
@@ -73,7 +84,12 @@ class InferenceCore:
             timeout_s = (
                 prepared.timeout_s if client_timeout_s is None else min(prepared.timeout_s, client_timeout_s)
             )
-            response = await self._dispatcher.infer(prepared.message, timeout_s)
+            if view.ensemble is not None:  # the gateway runs the pipeline (gateway/ensemble.py)
+                response = await self._ensembles.run(
+                    view, prepared.message, timeout_s, step_timing=wants_timing(call.parameters)
+                )
+            else:
+                response = await self._dispatcher.infer(prepared.message, timeout_s)
         except MeshError as exc:
             reason = failure_reason(exc, from_worker=False, from_mesh=False)
             self.stats.record_failure(view.name, view.version, time.perf_counter_ns() - start, reason)
@@ -124,11 +140,18 @@ class InferenceCore:
                 raise
         self.stats.record_success(view.name, view.version, time.perf_counter_ns() - start, 0, timing)
 
-    async def control(self, model: str, load: bool, with_overrides: bool = False) -> None:
-        """RepositoryModelLoad / Unload through the model controller (explicit mode)."""
-        if with_overrides:
-            raise InvalidArgument("loading with a config override or model files is not supported yet")
-        request = mesh_pb2.ControlRequest(model_name=model, load=load)
+    async def control(
+        self,
+        model: str,
+        load: bool,
+        params: Mapping[str, ParamValue] | None = None,
+        base64_files: bool = False,
+    ) -> None:
+        """RepositoryModelLoad / Unload through the model controller (explicit mode); ``params`` are
+        the request's parameters (``config``, ``file:<path>``, ``unload_dependents``)."""
+        request = control_request(
+            model, load, params or {}, self.settings.limits.max_message_bytes, base64_files
+        )
         await self._dispatcher.control(request, self.settings.control_timeout_s)
         # the workers' announcements travel on their own NATS connections: wait (briefly) until this
         # gateway has seen the new state, so a client's next call sees what its load/unload did
@@ -178,32 +201,7 @@ class InferenceCore:
         return self.models.find(model, version)
 
     def repository_index(self, ready_only: bool) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = []
-        seen: set[str] = set()
-        for view in self.models.all_views():
-            seen.add(view.name)
-            state = self.models.state(view)
-            if ready_only and state is not ModelState.READY:
-                continue
-            rows.append(
-                {
-                    "name": view.name,
-                    "version": str(view.version),
-                    "state": state.value,
-                    "reason": view.reason(),
-                }
-            )
-        for name in self.models.names():
-            if name not in seen and not ready_only:
-                rows.append(
-                    {
-                        "name": name,
-                        "version": "",
-                        "state": "UNAVAILABLE",
-                        "reason": self.models.declared_error(name),
-                    }
-                )
-        return rows
+        return self.models.index_rows(ready_only)
 
     async def statistics(self, model: str, version: str) -> list[dict[str, Any]]:
         """Triton's ``model_stats`` for one version, a model's versions, or every model: this gateway's

@@ -50,6 +50,11 @@ class Dispatcher:
             ) from None
         except nats.errors.TimeoutError:
             raise DeadlineExceeded(f"the model controller did not answer within {timeout_s:g} s") from None
+        except nats.errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(
+                f"the load request is larger than the NATS server's max_payload ({exc}); "
+                "raise --max-message-bytes / MESHSERVE_MAX_MESSAGE_BYTES"
+            ) from None
         reply = mesh_pb2.ControlReply.FromString(msg.data)
         if reply.HasField("error"):
             raise from_wire(reply.error.code, reply.error.message)

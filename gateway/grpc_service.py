@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from gateway.core import InferenceCore
 from gateway.grpc_codec import decode_infer, encode_infer
+from gateway.repository_params import ParamValue
 from meshserve.errors import Internal, MeshError, Unsupported
 from meshserve.pb import grpc_service_pb2 as pb
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
@@ -31,6 +32,16 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
 _COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+
+
+def _repository_params(params: Mapping[str, pb.ModelRepositoryParameter]) -> dict[str, ParamValue]:
+    """A load/unload request's parameter map as plain values (files stay bytes)."""
+    values: dict[str, ParamValue] = {}
+    for name, param in params.items():
+        which = param.WhichOneof("parameter_choice")
+        if which is not None:
+            values[name] = getattr(param, which)
+    return values
 
 
 def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -194,14 +205,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Ctx
     ) -> pb.RepositoryModelLoadResponse:
-        await self._core.control(request.model_name, load=True, with_overrides=bool(request.parameters))
+        await self._core.control(request.model_name, load=True, params=_repository_params(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Ctx
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._core.control(request.model_name, load=False)
+        await self._core.control(
+            request.model_name, load=False, params=_repository_params(request.parameters)
+        )
         return pb.RepositoryModelUnloadResponse()
 
     SystemSharedMemoryStatus = _not_yet(

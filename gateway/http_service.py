@@ -113,19 +113,26 @@ def build_app(core: InferenceCore) -> web.Application:
                 raise InvalidArgument("the repository index body must be a JSON object") from None
         return _json(core.repository_index(ready_only))
 
-    async def load_model(request: web.Request) -> web.Response:
+    async def repository_params(request: web.Request, what: str) -> dict[str, Any]:
         body = await request.read()
-        overrides = False
-        if body.strip():
-            try:
-                overrides = bool(json.loads(body).get("parameters"))
-            except (ValueError, AttributeError):
-                raise InvalidArgument("the load request body must be a JSON object") from None
-        await core.control(request.match_info["model"], load=True, with_overrides=overrides)
+        if not body.strip():
+            return {}
+        try:
+            params = json.loads(body).get("parameters") or {}
+        except (ValueError, AttributeError):
+            raise InvalidArgument(f"the {what} request body must be a JSON object") from None
+        if not isinstance(params, dict):
+            raise InvalidArgument(f"the {what} request's 'parameters' must be a JSON object")
+        return params
+
+    async def load_model(request: web.Request) -> web.Response:
+        params = await repository_params(request, "load")
+        await core.control(request.match_info["model"], load=True, params=params, base64_files=True)
         return web.Response(status=200)
 
     async def unload_model(request: web.Request) -> web.Response:
-        await core.control(request.match_info["model"], load=False)
+        params = await repository_params(request, "unload")
+        await core.control(request.match_info["model"], load=False, params=params)
         return web.Response(status=200)
 
     async def not_yet(request: web.Request) -> web.Response:

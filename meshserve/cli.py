@@ -112,9 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--exit-timeout-secs", type=float, default=float(env_default("exit_timeout_secs", "30")))
     up.add_argument(
         "--model-control-mode",
-        choices=("none", "explicit"),
+        choices=("none", "explicit", "poll"),
         default=env_default("model_control_mode", "none"),
-        help="none: load every model at start; explicit: only --load-model, then load/unload by API",
+        help="none: load every model at start; explicit: only --load-model, then load/unload by API; "
+        "poll: load every model, then load/unload/reload as the repository changes",
+    )
+    up.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=float(env_default("repository_poll_secs", "15")),
+        help="poll mode: seconds between looks at the repository (default %(default)s)",
     )
     up.add_argument(
         "--load-model",
@@ -186,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--host", default=env_default("host", "127.0.0.1"))
     w.add_argument("--port", type=int, default=0, help="gRPC port for batches (0 = a free one)")
     w.add_argument(
+        "--advertise-host",
+        default=env_default("advertise_host", ""),
+        help="address announced to batchers (default: --host, or the route to NATS when --host is 0.0.0.0)",
+    )
+    w.add_argument(
         "--stage", type=int, default=-1, help="llm models: the pipeline stage this worker holds (docs/llm.md)"
     )
     return parser
@@ -253,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from meshserve.launcher import run_up
 
+        if args.model_control_mode == "poll" and not args.repository_poll_secs > 0:
+            build_parser().error("--model-control-mode poll needs --repository-poll-secs > 0")
+
         coro = run_up(
             UpSettings(
                 model_repository=args.model_repository.resolve(),
@@ -261,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batcher_metrics_port=args.batcher_metrics_port,
                 model_control_mode=args.model_control_mode,
                 load_models=tuple(args.load_model),
+                repository_poll_s=args.repository_poll_secs,
                 nats_url=args.nats_url,
                 nats_port=args.nats_port,
                 nats_server_binary=args.nats_server,
@@ -293,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 instance_index=args.instance_index,
                 host=args.host,
                 port=args.port,
+                advertise_host=args.advertise_host,
                 device=args.device,
                 exit_with_parent=args.exit_with_parent,
                 stage=args.stage,

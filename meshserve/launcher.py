@@ -14,14 +14,21 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from meshserve.controller import Controller
+from nats.aio.client import Client
+
+from meshserve.controller import UNLOADED_REASON, Controller
+from meshserve.ensemble import is_ensemble, with_step_models
 from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
-from meshserve.lifecycle import install_stop_signals
+from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
+from meshserve.messaging import connect_nats
+from meshserve.model_states import ModelStateStore
 from meshserve.nats_server import EmbeddedNats, find_nats_server, start_nats_server
 from meshserve.pb import model_config_pb2 as mc
+from meshserve.repo_watch import snapshot
 from meshserve.repository import ModelEntry, scan_repository
 from meshserve.settings import UpSettings
 
@@ -121,6 +128,8 @@ class Launcher:
         self._common: list[str] = []
         self._entries: dict[str, ModelEntry] = {}
         self._controller: Controller | None = None
+        self._states_nc: Client | None = None
+        self._states: ModelStateStore | None = None
 
     async def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         process = await asyncio.create_subprocess_exec(
@@ -183,6 +192,10 @@ class Launcher:
             "--event-loop",
             s.event_loop,
         ]
+        self._states_nc = await connect_nats(nats_url, "launcher")
+        self._states = await ModelStateStore.open(self._states_nc)
+        if self._states is not None:
+            await self._states.clear()
         batcher = await self._spawn(
             "batcher",
             ["batcher", *common, "--host", s.gateway.host, "--metrics-port", str(s.batcher_metrics_port)],
@@ -190,6 +203,7 @@ class Launcher:
         (batcher_ready,) = await self._wait_ready([batcher])
         g = s.gateway
         gw = await self._start_gateways(common)
+        baseline = snapshot(s.model_repository)  # before the scan: poll mode reacts to what changes after
         entries = scan_repository(s.model_repository)
         for entry in entries:
             if entry.error:
@@ -199,16 +213,30 @@ class Launcher:
         self._common = common
         self._entries = {e.name: e for e in entries}
         explicit = s.model_control_mode == "explicit"
-        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in s.load_models]
+        named = with_step_models(set(s.load_models), {e.name: e.config for e in entries})
+        wanted = [e for e in entries if not explicit or "*" in s.load_models or e.name in named]
         models: dict[str, str] = {e.name: "UNAVAILABLE: " + e.error for e in wanted if e.error}
-        for ready in await self._start_workers(wanted):
+        await self._declare_states(entries, wanted)
+        readies = await self._start_workers(wanted)
+        for ready in readies:
             key = f"{ready['model']}:{ready['version']}"
             state = ready["state"] if ready["state"] == "READY" else f"{ready['state']}: {ready['reason']}"
             if models.get(key, "READY") == "READY":
                 models[key] = state
-        if explicit:
-            self._controller = Controller(self, nats_url)
-            await self._controller.start([e for e in entries if e not in wanted])
+        await self._record_readies(readies)
+        if self._states is not None:  # an ensemble has no worker: loaded once its steps are started
+            for e in wanted:
+                if not e.error and e.config is not None and is_ensemble(e.config):
+                    await self._states.put_versions(e.name, e.versions, "READY")
+        if s.model_control_mode in ("explicit", "poll"):
+            self._controller = Controller(
+                self, nats_url, s.model_control_mode, s.repository_poll_s, self._states
+            )
+            await self._controller.start(
+                [e for e in wanted if not e.error],
+                [e for e in entries if (e not in wanted if explicit else bool(e.error))],
+                baseline,
+            )
         for key, state in sorted(models.items()):
             log.info("model %-30s %s", key, state)
         log.info(
@@ -234,10 +262,40 @@ class Launcher:
             "models": models,
         }
 
+    async def _declare_states(self, entries: list[ModelEntry], wanted: list[ModelEntry]) -> None:
+        """Every model's state in the KV bucket before its workers start."""
+        if self._states is None:
+            return
+        for e in entries:
+            if e.error:
+                await self._states.put_versions(e.name, e.versions, "UNAVAILABLE", e.error)
+            elif e in wanted:
+                await self._states.put_versions(e.name, e.versions, "LOADING")
+            else:
+                await self._states.put_versions(e.name, e.versions, "UNAVAILABLE", UNLOADED_REASON)
+
+    async def _record_readies(self, readies: list[dict[str, Any]]) -> None:
+        """READY when any instance of a version is; else UNAVAILABLE with the first instance's reason."""
+        if self._states is None:
+            return
+        outcome: dict[tuple[str, int], str | None] = {}
+        for r in readies:
+            key = (str(r["model"]), int(r["version"]))
+            if r.get("state") == "READY":
+                outcome[key] = None
+            elif outcome.get(key, "") == "":
+                outcome[key] = str(r.get("reason") or "failed to load")
+        for (model, version), reason in outcome.items():
+            if reason is None:
+                await self._states.put(model, version, "READY")
+            else:
+                await self._states.put(model, version, "UNAVAILABLE", reason)
+
     async def _start_workers(self, entries: list[ModelEntry]) -> list[dict[str, Any]]:
         """One worker per instance of every served version of ``entries``; their ready payloads."""
-        s, common = self._settings, self._common
+        common = self._common
         started: list[Child] = []
+        roots = {e.name: e.path.parent for e in entries}
         for spec in worker_plan(entries, _gpu_count()):
             env = (
                 {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
@@ -250,7 +308,7 @@ class Launcher:
                         "worker",
                         *common,
                         "--model-repository",
-                        str(s.model_repository),
+                        str(roots[spec.model]),
                         "--model-name",
                         spec.model,
                         "--model-version",
@@ -267,8 +325,26 @@ class Launcher:
             self._model_workers.setdefault(spec.model, []).append(started[-1])
         return await self._wait_ready(started)
 
+    @property
+    def repository(self) -> Path:
+        return self._settings.model_repository
+
     def entry(self, name: str) -> ModelEntry | None:
+        """The model as loaded now (from the repository or an override directory)."""
         return self._entries.get(name)
+
+    def read_entry(self, name: str, repository: Path | None = None) -> ModelEntry | None:
+        """The model as its directory under ``repository`` (default: the model repository) reads now."""
+        if not name or "/" in name or "\0" in name or name.startswith("."):
+            return None  # never a path outside the repository, never a hidden directory
+        model_dir = (repository or self._settings.model_repository) / name
+        if not model_dir.is_dir():
+            return None
+        return next((e for e in scan_repository(model_dir.parent) if e.name == name), None)
+
+    def forget(self, name: str) -> None:
+        """The model left the repository."""
+        self._entries.pop(name, None)
 
     async def stop_model(self, name: str) -> None:
         """Stop every worker of one model (they say goodbye first, so the pool shrinks at once)."""
@@ -288,10 +364,11 @@ class Launcher:
                 child.reader.cancel()
             self._children.remove(child)
 
-    async def start_model(self, name: str) -> list[dict[str, Any]]:
-        """(Re)load one model from its directory.  On a reload the new workers start beside the old
-        ones, which stop only once the new ones are READY; if the new ones fail, the old keep serving."""
-        entry = next((e for e in scan_repository(self._settings.model_repository) if e.name == name), None)
+    async def start_model(self, name: str, repository: Path | None = None) -> list[dict[str, Any]]:
+        """(Re)load one model from its directory (under ``repository``, default the model repository).
+        On a reload the new workers start beside the old ones, which stop only once the new ones are
+        READY; if the new ones fail, the old keep serving."""
+        entry = self.read_entry(name, repository)
         if entry is None:
             raise ModelNotFound(f"failed to load '{name}', failed to poll from model repository")
         if entry.error:
@@ -339,6 +416,8 @@ class Launcher:
     async def stop(self) -> None:
         if self._controller is not None:
             await self._controller.close()
+        if self._states_nc is not None:
+            await close_nats(self._states_nc)
         for child in reversed(self._children):
             if child.process.returncode is None:
                 child.process.terminate()

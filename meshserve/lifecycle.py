@@ -56,7 +56,12 @@ async def close_nats(nc: Client) -> None:
             return
     except Exception as exc:
         log.debug("nats drain failed: %s", exc)
-    await nc.close()
+    try:
+        await nc.close()
+    except (RuntimeError, OSError) as exc:
+        # the server went away while we stopped (a pod deletion stops NATS and the services at once):
+        # uvloop refuses to flush to the closed transport; there is nothing left to deliver
+        log.debug("nats close failed: %s", exc)
 
 
 def die_with_parent() -> None:

@@ -20,6 +20,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from meshserve.ensemble import check_structure, is_ensemble
 from meshserve.errors import InvalidArgument
 from meshserve.pb import model_config_pb2 as mc
 
@@ -86,8 +87,27 @@ def load_config(model_dir: Path) -> mc.ModelConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from exc
     config = parse_config(text, str(path))
+    if not config.backend and not config.platform:
+        config.backend = _backend_from_model_files(model_dir)
     complete_config(config, model_dir.name, str(path))
     return config
+
+
+_MODEL_FILE_BACKENDS = {"model.py": "python", "model.onnx": "onnxruntime", "model.pt": "pytorch"}
+"""Triton fills a config's missing backend from the default model file it finds in a version directory."""
+
+
+def _backend_from_model_files(model_dir: Path) -> str:
+    """The backend a version directory's default model file names, "" when none does."""
+    try:
+        versions = sorted(c for c in model_dir.iterdir() if c.is_dir() and c.name.isdigit())
+    except OSError:
+        return ""
+    for version in versions:
+        for filename, backend in _MODEL_FILE_BACKENDS.items():
+            if (version / filename).exists():
+                return backend
+    return ""
 
 
 def _config_from_model_file(model_dir: Path) -> mc.ModelConfig | None:
@@ -121,6 +141,9 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
         config.name = model_name
     elif config.name != model_name:
         raise ConfigError(f"{source}: name '{config.name}' does not match its directory '{model_name}'")
+    if is_ensemble(config):
+        _complete_ensemble(config, source)
+        return
     if not config.backend:
         config.backend = _PLATFORM_TO_BACKEND.get(config.platform, "")
     if not config.backend:
@@ -148,6 +171,20 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
             group.count = 1
         if not group.name:
             group.name = config.name
+
+
+def _complete_ensemble(config: mc.ModelConfig, source: str) -> None:
+    """An ensemble runs no code of its own: no backend, no instances (``meshserve up`` starts no
+    worker for it); its steps must form a pipeline (:func:`meshserve.ensemble.check_structure`)."""
+    if config.backend:
+        raise ConfigError(f"{source}: an ensemble has no backend (remove backend '{config.backend}')")
+    if config.max_batch_size < 0:
+        raise ConfigError(f"{source}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    _check_tensors(config, source)
+    problem = check_structure(config)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+    del config.instance_group[:]
 
 
 def _check_tensors(config: mc.ModelConfig, source: str) -> None:

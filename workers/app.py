@@ -16,11 +16,13 @@ from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.model_config import complete_config, config_from_bytes, config_to_json, load_config
+from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.settings import WorkerSettings
 from workers.backends import create_backend
 from workers.backends.base import Backend, ConfigCompleter, LoadContext
+from workers.bls import BlsClient, install
 from workers.executor import BatchExecutor
 from workers.server import BatchServer
 from workers.warmup import run_warmup
@@ -118,6 +120,8 @@ async def _load(
 async def run(settings: WorkerSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_nats(settings.nats_url, f"worker-{settings.model_name}-{settings.instance_index}")
+    # NATS is reachable now, so is the route to it that a wildcard --host announces
+    host = advertised_host(settings.host, settings.advertise_host, settings.nats_url)
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     announcer = Announcer(nc, settings, address="")  # the batch endpoint opens once the model is loaded
     server: BatchServer | None = None
@@ -126,6 +130,16 @@ async def run(settings: WorkerSettings) -> None:
         await announcer.publish()
 
     await nc.subscribe(subjects.worker_query(), cb=on_query)
+    # python models' BLS requests go out on this worker's NATS connection (workers/bls.py)
+    install(
+        BlsClient(
+            nc,
+            asyncio.get_running_loop(),
+            settings.model_name,
+            settings.limits.request_timeout_s,
+            settings.limits.max_message_bytes,
+        )
+    )
     backend: Backend | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -142,7 +156,7 @@ async def run(settings: WorkerSettings) -> None:
                 )
                 server = BatchServer(executor, settings.limits.frame_bytes)
                 port = await server.start(settings.host, settings.port)
-                announcer.message.address = f"{settings.host}:{port}"
+                announcer.message.address = f"{host}:{port}"
                 await announcer.publish(mesh_pb2.READY, "")
             announce_ready(
                 "worker",

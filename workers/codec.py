@@ -27,6 +27,7 @@ def decode_request(message: mesh_pb2.InferRequest) -> Request:
         requested_outputs=list(message.requested_outputs),
         parameters={key: param_value(p) for key, p in message.parameters.items()},
         batch_size=message.batch_size,
+        deadline_unix_ns=message.deadline_unix_ns,
     )
 
 

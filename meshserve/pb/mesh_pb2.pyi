@@ -185,12 +185,25 @@ class WorkerAnnouncement(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., model_config: _Optional[bytes] = ..., max_inflight_batches: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., platform: _Optional[str] = ...) -> None: ...
 
 class ControlRequest(_message.Message):
-    __slots__ = ("model_name", "load")
+    __slots__ = ("model_name", "load", "config_json", "files", "unload_dependents")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    UNLOAD_DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     load: bool
-    def __init__(self, model_name: _Optional[str] = ..., load: bool = ...) -> None: ...
+    config_json: str
+    files: _containers.ScalarMap[str, bytes]
+    unload_dependents: bool
+    def __init__(self, model_name: _Optional[str] = ..., load: bool = ..., config_json: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., unload_dependents: bool = ...) -> None: ...
 
 class ControlReply(_message.Message):
     __slots__ = ("error",)

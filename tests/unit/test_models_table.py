@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.models import ModelState, ModelTable, ModelView, TensorSpec, parse_version
+from meshserve.controller import REMOVED_REASON
 from meshserve.errors import InvalidArgument, ModelNotFound, ModelNotReady
 from meshserve.model_config import CONFIG_FILENAME, complete_config, parse_config
 from meshserve.pb import mesh_pb2
@@ -142,18 +143,40 @@ def test_ready_instance_that_fails_later_leaves_the_pool_with_its_reason() -> No
     assert t.state(view) is ModelState.UNAVAILABLE
 
 
-def test_config_of_a_live_view_is_not_replaced_by_a_later_announcement() -> None:
+def test_a_reload_config_arrives_with_its_first_ready_instance_and_stays() -> None:
     other = config(text=CONFIG.replace("max_batch_size: 4", "max_batch_size: 2"))
     t = table(announce("w1"))
+    t.apply(announce("w2", state=mesh_pb2.LOADING, cfg=other))
+    assert t.find("m").max_batch_size == 4  # not before the new instance is READY
     t.apply(announce("w2", cfg=other))
-    assert t.find("m").max_batch_size == 4
-    # once no instance is live, the next announcement's config is taken (and the pool kept)
+    assert t.find("m").max_batch_size == 2
+    t.apply(announce("w1"))  # the old instance's heartbeat does not flip it back
+    assert t.find("m").max_batch_size == 2
     t.apply(announce("w1", state=mesh_pb2.STOPPING))
-    t.apply(announce("w2", state=mesh_pb2.STOPPING))
-    t.apply(announce("w3", cfg=other))
     view = t.find("m")
-    assert view.max_batch_size == 2
-    assert list(view.instances) == ["w3"]
+    assert view.max_batch_size == 2 and list(view.instances) == ["w2"]
+
+
+def test_controller_removal_marker_forgets_the_model_or_one_version() -> None:
+    t = table(announce("w1"), announce("w2", version=2))
+    t.apply(announce("controller:m:2", version=2, state=mesh_pb2.UNAVAILABLE, reason=REMOVED_REASON))
+    assert [v.version for v in t.versions_of("m")] == [1]
+    t.apply(announce("controller:m:0", version=0, state=mesh_pb2.UNAVAILABLE, reason=REMOVED_REASON))
+    assert t.versions_of("m") == [] and "m" not in t.names()
+
+
+def test_controller_failure_marker_makes_a_new_broken_model_visible() -> None:
+    t = table()
+    t.apply(
+        announce(
+            "controller:n:1",
+            model="n",
+            state=mesh_pb2.UNAVAILABLE,
+            reason="config.pbtxt: bad",
+            with_config=False,
+        )
+    )
+    assert "n" in t.names() and t.declared_error("n") == "config.pbtxt: bad"
 
 
 def test_announcement_without_config_for_an_unknown_model_is_ignored() -> None:

@@ -439,3 +439,33 @@ def test_notify_without_work_sends_nothing(rules: BatchingRules) -> None:
             await h.until(lambda: len(link.sent) == 1)
 
     asyncio.run(scenario())
+
+
+def _rules(batching: BatchingRules, *policies: QueuePolicy) -> ModelRules:
+    return ModelRules(
+        batching=batching, policies=policies or (QueuePolicy(),), default_level=1, ragged_inputs=frozenset()
+    )
+
+
+def test_a_reloaded_config_replaces_the_batching_rules() -> None:
+    async def scenario() -> None:
+        h = Harness(DYNAMIC)
+        h.scheduler.update_rules(_rules(UNBATCHED))
+        assert h.scheduler.rules.batching == UNBATCHED
+
+    asyncio.run(scenario())
+
+
+def test_new_queue_policies_apply_only_to_an_empty_queue() -> None:
+    async def scenario() -> None:
+        h = Harness(DYNAMIC)
+        two_levels = _rules(UNBATCHED, QueuePolicy(max_queue_size=1), QueuePolicy())
+        h.scheduler.update_rules(two_levels)  # nothing queued: the queues are rebuilt
+        assert h.scheduler.rules.policies == two_levels.policies
+        h.link()
+        assert h.scheduler.admit(queued("r1")) is None
+        h.scheduler.update_rules(_rules(DYNAMIC))  # one queued: the levels stay, the batching changes
+        assert h.scheduler.rules.policies == two_levels.policies
+        assert h.scheduler.rules.batching == DYNAMIC
+
+    asyncio.run(scenario())

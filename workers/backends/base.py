@@ -54,6 +54,8 @@ class Request:
     parameters: dict[str, ParamValue] = field(default_factory=dict)
     batch_size: int = 0
     """Rows this request holds on the batch dimension (0 when the model does not batch)."""
+    deadline_unix_ns: int = 0
+    """When the requester stops waiting (0: no deadline); bounds the model's BLS calls."""
     emit: Callable[[Result, bool], None] | None = None
     """Decoupled models only: deliver one response now, from any thread; ``True`` marks it final.
     A decoupled backend's ``execute`` returns an empty list and answers through ``emit``."""

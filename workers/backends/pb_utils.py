@@ -5,9 +5,12 @@ imports a model, so ``import triton_python_backend_utils as pb_utils`` in an unc
 gets these classes.  Everything is written from the documented surface of Triton's python backend;
 tensors live in host memory as numpy arrays (there is no shared-memory stub process here).
 
-Parts of Triton's API that meshserve does not implement yet (BLS,
-request rescheduling, the model-loading API) exist and raise :class:`TritonModelException` with a
-message that says so, so a model fails with a clear error instead of an ``AttributeError``.
+BLS (``InferenceRequest(model_name=...).exec()`` / ``async_exec()``) goes through the mesh to the
+other model: the worker installs its :mod:`workers.bls` client here at start-up (:func:`_set_bls`).
+
+Parts of Triton's API that meshserve does not implement yet (request rescheduling, the
+model-loading API) exist and raise :class:`TritonModelException` with a message that says so, so a
+model fails with a clear error instead of an ``AttributeError``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import logging
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import numpy as np
 
@@ -383,7 +386,7 @@ def _from_dlpack_via_torch(name: str, dlpack_tensor: Any, cause: Exception) -> n
 
 
 class PreferredMemory:
-    """Accepted for BLS signatures; BLS itself is not supported yet."""
+    """Accepted for BLS signatures; BLS outputs always arrive in host memory here."""
 
     def __init__(self, preferred_memory_type: int = TRITONSERVER_MEMORY_CPU, preferred_device_id: int = 0):
         self.preferred_memory_type = preferred_memory_type
@@ -425,14 +428,37 @@ class InferenceResponseSender:
         return False
 
 
-_BLS_MSG = "business logic scripting (InferenceRequest.exec / async_exec) is not supported yet by meshserve"
+_BLS_MSG = (
+    "business logic scripting (InferenceRequest.exec / async_exec) needs a meshserve worker: "
+    "this process has no mesh connection"
+)
+
+
+class _Bls(Protocol):
+    """What ``exec`` / ``async_exec`` hand the request to (``workers.bls.BlsClient``)."""
+
+    def exec(self, request: InferenceRequest, decoupled: bool) -> Any: ...
+
+    async def async_exec(self, request: InferenceRequest, decoupled: bool) -> Any: ...
+
+
+_bls: _Bls | None = None
+
+
+def _set_bls(client: _Bls | None) -> None:
+    global _bls
+    _bls = client
 
 
 class InferenceRequest:
     """A request as the model sees it in ``execute``.
 
-    The constructor takes Triton's keyword arguments (the BLS form) so models that build requests
-    still construct them; ``exec``/``async_exec`` then raise, as BLS is not supported yet.
+    The constructor takes Triton's keyword arguments (the BLS form: ``model_name``, ``inputs``,
+    ``requested_output_names``, ``model_version`` (-1: the latest), ``timeout`` (µs), ``parameters``;
+    ``preferred_memory`` and ``trace`` are accepted and ignored).  ``exec()`` sends it to that model
+    through the mesh and blocks until the response; ``async_exec()`` is its awaitable form;
+    ``decoupled=True`` gives an iterator over the callee's responses (the last one may be empty:
+    the final flag).  Failures come back as a response with ``has_error()``, never as an exception.
 
     ``requested_output_names()`` follows Triton: when the client asked for no outputs, it lists every
     output the model config declares.
@@ -456,7 +482,7 @@ class InferenceRequest:
         *,
         inputs: Sequence[Tensor] = (),
         requested_output_names: Sequence[str] = (),
-        model_name: str = "",
+        model_name: str | bytes = "",
         model_version: int = -1,
         request_id: str = "",
         correlation_id: int | str = 0,
@@ -467,7 +493,8 @@ class InferenceRequest:
     ) -> None:
         self._inputs = list(inputs)
         self._requested_output_names = list(requested_output_names)
-        self._model_name = model_name
+        # Triton's examples pass a BYTES input's element (``as_numpy()[0]``, bytes) as the name
+        self._model_name = model_name.decode("utf-8") if isinstance(model_name, bytes) else model_name
         self._model_version = model_version
         self._request_id = request_id
         self._correlation_id = correlation_id
@@ -521,10 +548,17 @@ class InferenceRequest:
             raise TritonModelException("request rescheduling is not supported yet by meshserve")
 
     def exec(self, decoupled: bool = False) -> Any:
-        raise TritonModelException(_BLS_MSG)
+        if _bls is None:
+            raise TritonModelException(_BLS_MSG)
+        return _bls.exec(self, decoupled)
 
     async def async_exec(self, decoupled: bool = False) -> Any:
-        raise TritonModelException(_BLS_MSG)
+        if _bls is None:
+            raise TritonModelException(_BLS_MSG)
+        return await _bls.async_exec(self, decoupled)
+
+    def _parameter_dict(self) -> dict[str, Any]:
+        return self._parameters
 
     def __repr__(self) -> str:
         names = [t.name() for t in self._inputs]

@@ -21,6 +21,9 @@ Behaviour that follows Triton:
 ``async def execute`` (and ``async def initialize`` / ``finalize``) run on one event loop owned by
 this backend, on the calling thread; it persists across calls so loop-bound objects a model keeps
 (client sessions, queues) stay usable.
+
+BLS (``pb_utils.InferenceRequest(...).exec()`` / ``await ...async_exec()``) goes through the mesh
+(``workers/bls.py``); calls made during ``execute`` are bounded by the batch's latest deadline.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from meshserve.errors import Internal, Unavailable, from_wire
 from meshserve.model_config import config_to_json
 from workers.backends import pb_utils
 from workers.backends.base import LoadContext, ParamValue, Request, Result
+from workers.bls import CALLER_DEADLINE_NS
 
 __all__ = ["PB_UTILS_MODULE", "PythonBackend", "create"]
 
@@ -219,6 +223,17 @@ class PythonBackend:
         if not requests:
             return []
         pb_requests = [self._to_pb_request(request) for request in requests]
+        # BLS calls made while this batch runs wait at most until its last requester stops waiting
+        deadlines = [r.deadline_unix_ns for r in requests]
+        token = CALLER_DEADLINE_NS.set(0 if 0 in deadlines else max(deadlines))
+        try:
+            return self._execute_batch(requests, pb_requests)
+        finally:
+            CALLER_DEADLINE_NS.reset(token)
+
+    def _execute_batch(
+        self, requests: list[Request], pb_requests: list[pb_utils.InferenceRequest]
+    ) -> list[Result]:
         if self._decoupled:
             return self._execute_decoupled(requests, pb_requests)
         try:

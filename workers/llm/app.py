@@ -24,6 +24,7 @@ from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import connect_nats
 from meshserve.model_config import load_config
+from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.settings import WorkerSettings
 from workers.app import Announcer
@@ -56,7 +57,7 @@ class EngineBatches:
         return mesh_pb2.BatchDone(batch_id=batch.batch_id)
 
 
-def _metrics(node: StageNode, host: str, port: int) -> str:
+def _metrics(node: StageNode, host: str, advertise: str, port: int = 0) -> str:
     """The stage's own Prometheus endpoint: KV cache use (a cancelled or finished stream shows here)."""
     registry = CollectorRegistry()
     labels = {"model": node.model, "version": str(node.version), "stage": str(node.stage)}
@@ -102,7 +103,7 @@ def _metrics(node: StageNode, host: str, port: int) -> str:
     )
     gauge("meshserve_llm_faults", "Faults this stage has seen", lambda: node.faults)
     server, _thread = start_http_server(port, addr=host, registry=registry)
-    return f"http://{host}:{server.server_port}/metrics"
+    return f"http://{advertise}:{server.server_port}/metrics"
 
 
 async def run(settings: WorkerSettings) -> None:
@@ -137,8 +138,11 @@ async def run(settings: WorkerSettings) -> None:
             "stage %d/%d: layers [%d, %d) on %s, %.1f MB of parameters",
             stage, params.stages, rt.start, rt.end, settings.device, rt.parameter_bytes() / 1e6,
         )  # fmt: skip
-        node = StageNode(nc, rt, params, compute, settings.model_name, settings.model_version, settings.host)
-        node.metrics_url = _metrics(node, settings.host, 0)
+        advertise = advertised_host(settings.host, settings.advertise_host, settings.nats_url)
+        node = StageNode(
+            nc, rt, params, compute, settings.model_name, settings.model_version, settings.host, advertise
+        )
+        node.metrics_url = _metrics(node, settings.host, advertise)
         engine: Engine | None = None
         if stage == 0:
             engine = Engine(
@@ -182,7 +186,7 @@ async def run(settings: WorkerSettings) -> None:
                 await _wait_ring(node, params.ring_timeout_s, stop)
                 server = BatchServer(EngineBatches(engine), settings.limits.frame_bytes)
                 port = await server.start(settings.host, settings.port)
-                announcer.message.address = f"{settings.host}:{port}"
+                announcer.message.address = f"{advertise}:{port}"
                 ok = node.ring_ok
                 await engine.set_available(ok)
                 await announcer.publish(

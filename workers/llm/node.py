@@ -50,9 +50,12 @@ class StageNode(mesh_pb2_grpc.PipelineStageServicer):
         model: str,
         version: int,
         host: str,
+        advertise: str = "",
     ) -> None:
         self.nc, self.rt, self.params, self.compute = nc, runtime, params, compute
         self.model, self.version, self.host = model, version, host
+        self.advertise = advertise or host
+        """The address other stages dial (``--advertise-host``; the bind address may be 0.0.0.0)."""
         self.stage, self.stages = runtime.stage, runtime.stages
         self.next_stage = (self.stage + 1) % self.stages
         self.table = discovery.StageTable(model, version, self.stages, params.stage_stale_s)
@@ -86,7 +89,7 @@ class StageNode(mesh_pb2_grpc.PipelineStageServicer):
             mesh_pb2_grpc.add_PipelineStageServicer_to_server(self, self._server)
             bound = self._server.add_insecure_port(f"{self.host}:{port}")
             await self._server.start()
-            self.address = f"{self.host}:{bound}"
+            self.address = f"{self.advertise}:{bound}"
         await self.nc.subscribe(discovery.announce_subject(), cb=self._on_announcement)
         await self.nc.subscribe(discovery.query_subject(), cb=self._on_query)
         await self.nc.subscribe(discovery.fault_subject(self.model, self.version), cb=self._on_fault)

@@ -7,6 +7,16 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        """Declare the tensors when a config leaves them out (e.g. a load with an override config
+        that only sets max_batch_size, as Triton's model-control example sends)."""
+        for kind, names in (("input", ("INPUT0", "INPUT1")), ("output", ("OUTPUT0", "OUTPUT1"))):
+            add = getattr(auto_complete_model_config, f"add_{kind}")
+            for name in names:
+                add({"name": name, "data_type": "TYPE_INT32", "dims": [16]})
+        return auto_complete_model_config
+
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.out0_dtype = pb_utils.triton_string_to_numpy(
