@@ -36,7 +36,7 @@ def request(text: bytes, **params: object) -> mesh_pb2.InferRequest:
 
 
 class Harness:
-    def __init__(self, ckpt: Path, **params: object) -> None:
+    def __init__(self, ckpt: Path, pending_bytes: int = 0, **params: object) -> None:
         self.params = LlmParams(**params)  # type: ignore[arg-type]
         self.rt = StageRuntime(
             ckpt, 0, 1, max_sequences=self.params.max_sequences, max_kv_tokens=self.params.max_kv_tokens
@@ -156,5 +156,23 @@ def test_bad_requests_answered_in_band(
         await h.engine.submit(request(text, **params), "bad")
         (reply,) = h.replies["bad"]
         assert reply.error.code == "INVALID_ARG" and words in reply.error.message, reply.error.message
+
+    run(main())
+
+
+def test_text_is_grouped_while_the_nats_connection_is_behind(ckpt: Path) -> None:
+    """Unsent bytes above ``stream_pending_bytes``: new text waits and goes out with later tokens."""
+
+    async def main() -> None:
+        h = Harness(ckpt, pending_bytes=10**9)
+        task = asyncio.create_task(h.engine.run())
+        await h.engine.submit(request(b"the gateway", max_tokens=12, ignore_eos=True, stream=True), "slow")
+        await h.wait(["slow"])
+        h.pending = 0
+        await h.engine.submit(request(b"the gateway", max_tokens=12, ignore_eos=True, stream=True), "fast")
+        await h.wait(["fast"])
+        assert len(h.replies["slow"]) == 1 and len(h.replies["fast"]) > 3
+        assert h.text("slow") == h.text("fast")
+        task.cancel()
 
     run(main())
