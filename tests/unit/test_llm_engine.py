@@ -43,9 +43,11 @@ class Harness:
         )
         self.compute = ThreadPoolExecutor(1)
         self.replies: dict[str, list[mesh_pb2.InferResponse]] = {}
+        self.pending = pending_bytes
         self.engine = Engine(
-            self.rt, load_tokenizer(ckpt), self.params, self.compute, self.publish, None, "llm", 1
-        )
+            self.rt, load_tokenizer(ckpt), self.params, self.compute, self.publish, None, "llm", 1,
+            lambda: self.pending,
+        )  # fmt: skip
 
     async def publish(self, subject: str, data: bytes) -> None:
         self.replies.setdefault(subject, []).append(mesh_pb2.InferResponse.FromString(data))
