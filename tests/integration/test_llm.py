@@ -316,3 +316,24 @@ def test_four_stages_match_and_a_dying_stage_ends_the_stream(tmp_path: Path) -> 
         assert status in (400, 503) and body["error"], body
     finally:
         mesh.stop()
+
+
+def test_a_stage_that_cannot_load_makes_the_model_unavailable_with_its_reason(tmp_path: Path) -> None:
+    """Stage 1's tensors do not fit the config (stage 0's do): `up` reports the model UNAVAILABLE with
+    stage 1's reason at once, instead of stage 0 waiting out its ring timeout."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    ckpt = build_llm_repo(tmp_path / "repo", stages=2)
+    shard = ckpt / "model-00002-of-00002.safetensors"
+    tensors_ = load_file(str(shard))
+    tensors_["lm_head.weight"] = torch.zeros(3, 3)
+    save_file(tensors_, str(shard))
+    started = time.monotonic()
+    mesh = start_mesh(tmp_path / "repo", tmp_path / "mesh.log", timeout_s=180)
+    try:
+        assert time.monotonic() - started < 80  # well under the 90 s ring timeout
+        state = mesh.models["llm:1"]
+        assert state.startswith("UNAVAILABLE") and "stage 1 failed to load" in state, state
+    finally:
+        mesh.stop()

@@ -16,6 +16,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -28,6 +29,7 @@ from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.settings import WorkerSettings
 from workers.app import Announcer
+from workers.llm import discovery
 from workers.llm.engine import Engine
 from workers.llm.node import StageNode
 from workers.llm.params import LlmParams
@@ -116,9 +118,11 @@ async def run(settings: WorkerSettings) -> None:
     announcer: Announcer | None = None
     node: StageNode | None = None
     server: BatchServer | None = None
+    stages = 0
     try:
         config = load_config(model_dir)
         params = LlmParams.from_config(config)
+        stages = params.stages
         if stage == 0:
             announcer = Announcer(nc, settings, address="")
             announcer.message.platform = "llm"
@@ -191,7 +195,10 @@ async def run(settings: WorkerSettings) -> None:
                 await engine.set_available(ok)
                 await announcer.publish(
                     mesh_pb2.READY if ok else mesh_pb2.UNAVAILABLE,
-                    "" if ok else f"stage(s) {node.table.missing()} of {params.stages} did not connect",
+                    ""
+                    if ok
+                    else "; ".join(node.table.failed.values())
+                    or f"stage(s) {node.table.missing()} of {params.stages} did not connect",
                 )
             announce_ready(
                 "worker", model=settings.model_name, version=settings.model_version,
@@ -219,6 +226,8 @@ async def run(settings: WorkerSettings) -> None:
             "worker", model=settings.model_name, version=settings.model_version, instance=settings.instance_index,
             stage=stage, state="UNAVAILABLE", reason=reason,
         )  # fmt: skip
+        if stages:
+            await _announce_failure(nc, settings, stage, stages, reason, stop)
         await stop.wait()
     finally:
         compute.shutdown(wait=False)
@@ -229,7 +238,34 @@ class _Stop(Exception):
     """Leaves the task group (its background tasks run forever) once the stage has stopped."""
 
 
+async def _announce_failure(
+    nc: Client, settings: WorkerSettings, stage: int, stages: int, reason: str, stop: asyncio.Event
+) -> None:
+    """A stage that cannot load says so (every second, so a stage 0 that starts later hears it too):
+    stage 0 then reports the model UNAVAILABLE with this reason instead of waiting for the ring."""
+    message = mesh_pb2.StageAnnouncement(
+        instance_id=f"{settings.model_name}-{settings.model_version}-stage{stage}-failed",
+        model_name=settings.model_name, model_version=settings.model_version, stage=stage, stages=stages,
+        state=mesh_pb2.UNAVAILABLE, reason=f"stage {stage} failed to load: {reason}",
+    )  # fmt: skip
+    while not stop.is_set():
+        try:
+            await nc.publish(discovery.announce_subject(), message.SerializeToString())
+        except Exception as exc:
+            log.warning("cannot announce: %s", exc)
+        try:
+            async with asyncio.timeout(1.0):
+                await stop.wait()
+        except TimeoutError:
+            pass
+
+
 async def _wait_ring(node: StageNode, timeout_s: float, stop: asyncio.Event) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not node.ring_ok and not stop.is_set() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)  # the ring's state changes in announcement callbacks
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+
+    def waiting() -> bool:
+        return not (node.ring_ok or node.table.failed or stop.is_set() or loop.time() >= deadline)
+
+    while waiting():  # noqa: ASYNC110 (the ring's state changes in announcement callbacks)
+        await asyncio.sleep(0.05)

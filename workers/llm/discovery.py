@@ -39,11 +39,18 @@ class StageTable:
     def __init__(self, model: str, version: int, stages: int, stale_s: float) -> None:
         self.model, self.version, self.stages, self.stale_s = model, version, stages, stale_s
         self.peers: dict[int, Peer] = {}
+        self.failed: dict[int, str] = {}
+        """Stages that announced they cannot load, with the reason (stage 0 stops waiting for them)."""
 
     def update(self, a: mesh_pb2.StageAnnouncement) -> bool:
         """Take an announcement; True when it is one of ours."""
         if a.model_name != self.model or a.model_version != self.version or a.stages != self.stages:
             return False
+        if a.state == mesh_pb2.UNAVAILABLE:
+            self.failed[a.stage] = a.reason
+            self.peers.pop(a.stage, None)
+            return True
+        self.failed.pop(a.stage, None)
         if a.state == mesh_pb2.STOPPING:
             peer = self.peers.get(a.stage)
             if peer is not None and peer.announcement.instance_id == a.instance_id:

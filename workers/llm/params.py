@@ -40,8 +40,9 @@ class LlmParams:
     heartbeat_s: float = 1.0
     stage_stale_s: float = 3.0
     """A stage silent this long counts as gone: the ring is incomplete, its sequences end with an error."""
-    ring_timeout_s: float = 120.0
-    """How long stage 0 waits at start for every stage to be connected before it reports UNAVAILABLE."""
+    ring_timeout_s: float = 90.0
+    """How long stage 0 waits at start for every stage to be connected before it reports UNAVAILABLE
+    (under ``meshserve up``'s 120 s start-up limit; a stage that fails to load ends the wait at once)."""
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> LlmParams:
