@@ -24,7 +24,7 @@ from meshserve.errors import MeshError, Unavailable
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
-from meshserve.messaging import connect_nats
+from meshserve.messaging import NatsEvents, connect_service
 from meshserve.pb import mesh_pb2
 from meshserve.settings import BatcherSettings
 
@@ -56,6 +56,7 @@ class Batcher:
         self._intake = await self._nc.subscribe(
             subjects.infer_all(), queue=subjects.BATCHER_QUEUE_GROUP, cb=self._on_request
         )
+        await self._nc.subscribe(subjects.cancel_all(), cb=self._on_cancel)
         await self._nc.publish(subjects.worker_query(), b"")
         self._tg.create_task(self._reap_stale())
 
@@ -95,6 +96,14 @@ class Batcher:
             error = scheduler.admit(item)
         if error is not None:
             await self.reply_error(item, error)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A gateway's requester went away: its request leaves whichever queue holds it."""
+        reply_to = msg.data.decode(errors="replace")
+        for scheduler in self._schedulers.values():
+            if scheduler.cancel(reply_to):
+                log.debug("request for %s dropped from the queue of %s: cancelled", reply_to, scheduler.model)
+                return
 
     def _latest(self, model: str) -> ModelScheduler | None:
         """Version 0 (a python model's BLS request with ``model_version=-1``): the highest version
@@ -217,13 +226,24 @@ class Batcher:
                     await self._remove_instance(key, instance_id, silent=True)
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop taking requests, answer the queued ones, let batches in flight finish (bounded: their
-        workers answer them), then close the links without reporting them lost."""
+        """Stop taking requests, hand the queued ones to the other batchers, let batches in flight
+        finish (bounded: their workers answer them), then close the links without reporting them lost."""
         self._stopping = True
         if self._intake is not None:
-            await self._intake.unsubscribe()
+            # drain, not unsubscribe: unsubscribe discards requests already delivered to this process
+            # but not yet read, which would then wait for their deadline
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._intake.drain()  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                log.warning("draining the request subscription failed: %s", exc)
+        handed = 0
         for scheduler in self._schedulers.values():
-            await scheduler.drain(Unavailable("batcher is shutting down"))
+            for item in scheduler.take_all():
+                await self._hand_off(item)
+                handed += 1
+        if handed:
+            log.info("handed %d queued requests to the other batchers", handed)
         links = [link for scheduler in self._schedulers.values() for link in scheduler.links.values()]
         if any(link.inflight for link in links):
             try:
@@ -234,6 +254,20 @@ class Batcher:
         for link in links:
             link.retire()
             await link.close()
+
+    async def _hand_off(self, item: Queued) -> None:
+        """Publish a queued request again, as its gateway did (same bytes, same reply subject): another
+        batcher takes it.  With none left, nats-server answers the reply subject "no responders" and the
+        gateway answers UNAVAILABLE; our own subscription is already gone, so it never comes back here."""
+        if not item.reply_to:
+            return
+        try:
+            await self._nc.publish(
+                subjects.infer(item.model_name, item.model_version), item.raw, reply=item.reply_to
+            )
+        except Exception as exc:
+            log.warning("cannot hand request %r to another batcher: %s", item.request_id, exc)
+            await self.reply_error(item, Unavailable("batcher is shutting down"))
 
 
 def _rows(request: mesh_pb2.InferRequest, scheduler: ModelScheduler | None) -> int:
@@ -256,7 +290,7 @@ def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
 
 async def run(settings: BatcherSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
-    nc = await connect_nats(settings.nats_url, "batcher")
+    nc = await connect_service(settings.nats_url, "batcher", settings.limits, NatsEvents(gave_up=[stop.set]))
     metrics: web.AppRunner | None = None
     try:
         async with asyncio.TaskGroup() as tg:

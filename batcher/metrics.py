@@ -5,7 +5,9 @@ sent.  Each batcher serves its own; with several batchers Prometheus sums them (
 Names: ``meshserve_queue_depth`` (gauge, requests waiting), ``meshserve_batcher_inflight_batches``
 (gauge), ``meshserve_batcher_instances`` (gauge, instances this batcher routes to),
 ``meshserve_batches_sent_total`` (counter, label ``reason``: preferred_size, max_batch_size,
-queue_delay, no_delay, blocked, not_batching — see ``batcher/policy.py`` ``Reason``).
+queue_delay, no_delay, blocked, not_batching — see ``batcher/policy.py`` ``Reason``),
+``meshserve_batcher_cancelled_requests_total`` (counter: requests taken out of the queue because their
+client cancelled or went away).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ QUEUE_DEPTH = "meshserve_queue_depth"
 INFLIGHT = "meshserve_batcher_inflight_batches"
 INSTANCES = "meshserve_batcher_instances"
 BATCHES_SENT = "meshserve_batches_sent"
+CANCELLED = "meshserve_batcher_cancelled_requests"
 
 Schedulers = Callable[[], Iterable[ModelScheduler]]
 
@@ -45,14 +48,18 @@ class BatcherCollector:
         sent = CounterMetricFamily(
             BATCHES_SENT, "Batches sent, by why they were sent", labels=[*labels, "reason"]
         )
+        cancelled = CounterMetricFamily(
+            CANCELLED, "Requests taken out of the queue because their client went away", labels=labels
+        )
         for scheduler in sorted(self._schedulers(), key=lambda s: (s.model, s.version)):
             key = [scheduler.model, str(scheduler.version)]
             depth.add_metric(key, scheduler.depth)
             inflight.add_metric(key, sum(len(link.inflight) for link in scheduler.links.values()))
             instances.add_metric(key, len(scheduler.links))
+            cancelled.add_metric(key, scheduler.cancelled)
             for reason in Reason:
                 sent.add_metric([*key, reason.value], scheduler.sent_by_reason.get(reason, 0))
-        yield from (depth, inflight, instances, sent)
+        yield from (depth, inflight, instances, sent, cancelled)
 
 
 async def start_metrics_server(schedulers: Schedulers, sock: socket.socket) -> web.AppRunner:

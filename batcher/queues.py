@@ -10,7 +10,7 @@ No clock is read here: callers pass ``now_s``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -110,6 +110,17 @@ class PriorityQueues(Generic[Item]):
                 while fifo and len(taken) < count:
                     taken.append(fifo.popleft())
         return taken
+
+    def remove_where(self, predicate: Callable[[Item], bool]) -> list[Item]:
+        """Take out every queued item for which ``predicate`` holds (a cancelled request)."""
+        removed: list[Item] = []
+        for level in self._levels:
+            for name in ("in_time", "delayed"):
+                fifo: deque[Item] = getattr(level, name)
+                if any(predicate(item) for item in fifo):
+                    removed.extend(item for item in fifo if predicate(item))
+                    setattr(level, name, deque(item for item in fifo if not predicate(item)))
+        return removed
 
     def drain(self) -> list[Item]:
         return self.pop_front(len(self))

@@ -69,6 +69,8 @@ class ModelScheduler:
         self._queues: PriorityQueues[Queued] = PriorityQueues(list(rules.policies), rules.default_level)
         self._links: dict[str, InstanceLink] = {}
         self._wake = asyncio.Event()
+        self.cancelled = 0
+        """Requests taken out of the queue because their requester went away."""
         self.sent_by_reason: Counter[Reason] = Counter()
         """Batches sent, by the policy's reason (the batcher's metrics read it)."""
 
@@ -127,6 +129,15 @@ class ModelScheduler:
         self._queues.push(item, level)
         self._wake.set()
         return None
+
+    def cancel(self, reply_to: str) -> int:
+        """The requester behind ``reply_to`` is gone: drop its request from the queue (nobody to answer).
+        Returns how many were dropped (0: not queued here: already sent, answered, or elsewhere)."""
+        removed = self._queues.remove_where(lambda item: item.reply_to == reply_to)
+        if removed:
+            self.cancelled += len(removed)
+            self._wake.set()
+        return len(removed)
 
     def add_link(self, link: InstanceLink) -> None:
         self._links[link.instance_id] = link
@@ -235,6 +246,10 @@ class ModelScheduler:
             self._queues.push_front(items, level)
         if retry:
             self._wake.set()
+
+    def take_all(self) -> list[Queued]:
+        """Empty the queues without answering (the caller hands the requests on)."""
+        return self._queues.drain()
 
     async def drain(self, error: MeshError) -> None:
         for item in self._queues.drain():

@@ -20,7 +20,7 @@ from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.listen import bind_listener
 from meshserve.logs import announce_ready
-from meshserve.messaging import connect_nats
+from meshserve.messaging import NatsEvents, connect_service
 from meshserve.model_states import ModelStateStore
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 from meshserve.pb import mesh_pb2
@@ -33,7 +33,8 @@ __all__ = ["run"]
 
 async def run(settings: GatewaySettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
-    nc = await connect_nats(settings.nats_url, "gateway")
+    events = NatsEvents(gave_up=[stop.set])
+    nc = await connect_service(settings.nats_url, "gateway", settings.limits, events)
     models = ModelTable(settings.instance_stale_after_s)
     if settings.model_repository is not None:
         models.load_repository(settings.model_repository)
@@ -55,7 +56,9 @@ async def run(settings: GatewaySettings) -> None:
         if states is not None
         else None
     )
-    core = InferenceCore(settings, models, Dispatcher(nc))
+    dispatcher = Dispatcher(nc)
+    events.disconnected.append(dispatcher.connection_lost)
+    core = InferenceCore(settings, models, dispatcher)
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
 
@@ -73,7 +76,9 @@ async def run(settings: GatewaySettings) -> None:
         raise SystemExit(f"gateway: cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     await grpc_server.start()
 
-    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that disconnects cancels its handler, so its request is
+    # cancelled through the mesh (the batcher drops it from its queue) instead of running for nobody
+    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     http_socket = bind_listener("HTTP", settings.host, settings.http_port, settings.reuse_port)
     await web.SockSite(runner, http_socket).start()
@@ -98,7 +103,10 @@ async def run(settings: GatewaySettings) -> None:
     finally:
         if watch is not None:
             watch.cancel()
-        await grpc_server.stop(grace=settings.limits.request_timeout_s / 10)
+        # stop listening at once (another gateway on the same port takes new connections) and let the
+        # RPCs in flight finish, up to their deadline; at most 10 s, so that an idle stream a client
+        # keeps open cannot hold the shutdown past the launcher's exit timeout
+        await grpc_server.stop(grace=min(settings.limits.request_timeout_s, 10.0))
         await runner.cleanup()
         await metrics_runner.cleanup()
         await core.peers.stop()

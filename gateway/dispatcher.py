@@ -1,9 +1,15 @@
 """The gateway's one way into the mesh: publish a request on its model's subject, await one reply.
 
-nats-py's request() uses one shared reply inbox per connection and resolves each reply by token,
-so a reply costs no subscription.  Whoever answers (the worker, or the batcher on error) answers once.
-A reply that carries an error is returned as it is: the caller counts it (with the worker's timing,
-when there is one) before raising it.
+:class:`ReplyInbox` does what nats-py's ``request()`` does (one wildcard reply subscription per
+connection, each reply resolved by token: no subscription per request) plus what the mesh needs
+from it: the gateway knows each request's reply subject, so when the requester goes away (or its
+deadline passes) it publishes that subject on ``meshserve.cancel.<model>.<version>`` and the batcher
+drops the request from its queue (the worker skips it, or a decoupled model sees ``is_cancelled()``);
+and when the NATS connection drops, every request waiting for a reply fails at once with
+``UNAVAILABLE`` instead of waiting for a reply that cannot come.
+Whoever answers (the worker, or the batcher on error) answers once.  A reply that carries an error
+is returned as it is: the caller counts it (with the worker's timing, when there is one) before
+raising it.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -32,13 +39,45 @@ from meshserve.pb import mesh_pb2
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "StreamInbox", "StreamOverflow"]
+__all__ = ["Dispatcher", "ReplyInbox", "StreamInbox", "StreamOverflow"]
+
+NO_RESPONDERS_STATUS = "503"
+"""The status header nats-server puts on the reply when nobody is subscribed to a request's subject."""
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Fire and forget (a cancel is best effort), keeping a reference until the task ends."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _publish_cancel(nc: Client, request: mesh_pb2.InferRequest, reply_to: str) -> None:
+    try:
+        await nc.publish(subjects.cancel(request.model_name, request.model_version), reply_to.encode())
+    except Exception as exc:
+        log.debug("cannot publish the cancel of %s: %s", reply_to, exc)
+
+
+def _connection_down(nc: Client) -> Unavailable | None:
+    if nc.is_connected:
+        return None
+    return Unavailable("the gateway's NATS connection is down (reconnecting); retry shortly")
 
 
 class Dispatcher:
     def __init__(self, nc: Client, stream_queue_size: int = 1024) -> None:
         self._nc = nc
+        self._replies = ReplyInbox(nc)
         self._streams = StreamInbox(nc, stream_queue_size)
+
+    def connection_lost(self) -> None:
+        """NATS dropped: nothing in flight will get its reply; fail every waiting request now."""
+        error = Unavailable("the gateway lost its NATS connection while the request was in flight")
+        self._replies.fail_all(error)
+        self._streams.fail_all(error)
 
     async def control(self, request: mesh_pb2.ControlRequest, timeout_s: float) -> None:
         """Ask the model controller to load or unload; raise what it answers."""
@@ -69,14 +108,12 @@ class Dispatcher:
         subject = subjects.infer(request.model_name, request.model_version)
         data = fit_payload(self._nc, request)
         try:
-            msg = await self._nc.request(subject, data, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+            msg = await self._replies.request(request, subject, data, timeout_s)
+        except TimeoutError:
             raise DeadlineExceeded(
                 "Request timeout expired: no response from model "
                 f"'{request.model_name}' within {timeout_s:g} s"
             ) from None
-        except nats.errors.NoRespondersError:
-            raise Unavailable("no batcher is serving requests (none is subscribed on NATS)") from None
         except nats.errors.MaxPayloadError as exc:
             raise Unavailable(f"request larger than the NATS server's max_payload: {exc}") from exc
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
@@ -91,6 +128,60 @@ class Dispatcher:
         except Exception as exc:
             raise Internal("undecodable response from the mesh") from exc
         return response
+
+
+class ReplyInbox:
+    """Replies to one-response requests: one wildcard subscription, one future per request."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+
+    async def start(self) -> None:
+        prefix = self._nc.new_inbox()
+        await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
+        self._prefix = prefix
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject.rsplit(".", 1)[-1])
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    def fail_all(self, error: MeshError) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(type(error)(error.message))  # one instance per waiter
+
+    async def request(
+        self, request: mesh_pb2.InferRequest, subject: str, data: bytes, timeout_s: float
+    ) -> Msg:
+        """Publish and wait for the one reply; raise TimeoutError at ``timeout_s``, Unavailable when NATS
+        is down or no batcher listens.  A requester that gives up (cancelled, timed out) is announced
+        on the cancel subject."""
+        down = _connection_down(self._nc)
+        if down is not None:
+            raise down
+        if not self._prefix:
+            await self.start()
+        token = str(next(self._tokens))
+        reply_to = f"{self._prefix}.{token}"
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        answered = False
+        try:
+            await self._nc.publish(subject, data, reply=reply_to)
+            async with asyncio.timeout(timeout_s):
+                msg = await future
+            answered = True
+        finally:
+            self._waiting.pop(token, None)
+            if not answered:
+                _spawn(_publish_cancel(self._nc, request, reply_to))
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
+            raise Unavailable("no batcher is serving requests (none is subscribed on NATS)")
+        return msg
 
 
 def fit_payload(nc: Client, request: mesh_pb2.InferRequest) -> bytes:
@@ -121,6 +212,16 @@ class StreamInbox:
         self._tokens = itertools.count(1)
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._overflowed: set[str] = set()
+        self._failed: dict[str, MeshError] = {}
+
+    def fail_all(self, error: MeshError) -> None:
+        """End every open stream with ``error`` (the NATS connection dropped)."""
+        for token, queue in self._queues.items():
+            self._failed[token] = error
+            try:
+                queue.put_nowait(b"")  # wake the reader; it finds the error first
+            except asyncio.QueueFull:
+                pass  # the reader is not waiting: it sees the error when it next looks
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
@@ -131,6 +232,8 @@ class StreamInbox:
         queue = self._queues.get(token)
         if queue is None:
             return  # the requester gave up; late responses are dropped
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
+            self._failed[token] = Unavailable("no batcher is serving requests (none is subscribed on NATS)")
         try:
             queue.put_nowait(msg.data)
         except asyncio.QueueFull:
@@ -140,14 +243,17 @@ class StreamInbox:
         self, request: mesh_pb2.InferRequest, timeout_s: float
     ) -> AsyncIterator[mesh_pb2.InferResponse]:
         """Publish ``request``; yield its responses until the final one, an error, or the deadline."""
+        down = _connection_down(self._nc)
+        if down is not None:
+            raise down
         if not self._prefix:
             await self.start()
         token = str(next(self._tokens))
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=self._queue_size)
         self._queues[token] = queue
-        finished = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        finished = False
         try:
             subject = subjects.infer(request.model_name, request.model_version)
             data = fit_payload(self._nc, request)
@@ -158,6 +264,8 @@ class StreamInbox:
                     f"cannot send the request into the mesh: {type(exc).__name__}: {exc}"
                 ) from exc
             while True:
+                if token in self._failed:
+                    raise self._failed[token]
                 if token in self._overflowed:
                     raise StreamOverflow(
                         f"more than {self._queue_size} responses of model '{request.model_name}' were waiting "
@@ -171,6 +279,8 @@ class StreamInbox:
                         f"Request timeout expired: model '{request.model_name}' did not send its final "
                         f"response within {timeout_s:g} s"
                     ) from None
+                if token in self._failed:
+                    raise self._failed[token]
                 response = mesh_pb2.InferResponse()
                 try:
                     response.ParseFromString(data)
@@ -184,14 +294,6 @@ class StreamInbox:
         finally:
             self._queues.pop(token, None)
             self._overflowed.discard(token)
-            if not finished:
-                # the client went away, its deadline passed or it read too slowly: a model that is still
-                # generating for this reply subject stops and frees what it holds (docs/llm.md)
-                await self._notify_cancel(f"{self._prefix}.{token}", request.request_id)
-
-    async def _notify_cancel(self, reply_to: str, request_id: str) -> None:
-        notice = mesh_pb2.CancelNotice(reply_to=reply_to, request_id=request_id)
-        try:
-            await self._nc.publish(subjects.cancel(), notice.SerializeToString())
-        except Exception as exc:
-            log.debug("cannot publish the cancel notice: %s", exc)
+            self._failed.pop(token, None)
+            if not finished:  # the client went away, too slow, or past its deadline: stop the work
+                _spawn(_publish_cancel(self._nc, request, f"{self._prefix}.{token}"))

@@ -65,6 +65,18 @@ def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
         default=float(env_default("request_timeout_secs", "60")),
         help="deadline of requests without a 'timeout' parameter, seconds (default %(default)s)",
     )
+    p.add_argument(
+        "--nats-reconnect-wait-secs",
+        type=float,
+        default=float(env_default("nats_reconnect_wait_secs", "0.5")),
+        help="pause between attempts to reconnect to NATS, seconds (default %(default)s)",
+    )
+    p.add_argument(
+        "--nats-max-reconnect-attempts",
+        type=int,
+        default=int(env_default("nats_max_reconnect_attempts", "-1")),
+        help="reconnect attempts before a service gives up and stops; -1 = forever (default %(default)s)",
+    )
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--event-loop",
@@ -204,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
-    return Limits(max_message_bytes=args.max_message_bytes, request_timeout_s=args.request_timeout_secs)
+    return Limits(
+        max_message_bytes=args.max_message_bytes,
+        request_timeout_s=args.request_timeout_secs,
+        nats_reconnect_wait_s=args.nats_reconnect_wait_secs,
+        nats_max_reconnect_attempts=args.nats_max_reconnect_attempts,
+    )
 
 
 def _gateway_settings(args: argparse.Namespace, nats_url: str) -> GatewaySettings:
@@ -320,7 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run_loop(coro, args.event_loop)
     except KeyboardInterrupt:
         return 130
-    return 0
+    from meshserve.messaging import gave_up_reconnecting
+
+    return 1 if gave_up_reconnecting() else 0  # lost NATS for good: let a supervisor restart it
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ class Limits:
     """Largest serialized request or response (setting ``--max-message-bytes``)."""
     request_timeout_s: float = 60.0
     """Deadline of a request that carries no ``timeout`` parameter (``--request-timeout-secs``)."""
+    nats_reconnect_wait_s: float = 0.5
+    """Pause between attempts to reconnect to NATS (``--nats-reconnect-wait-secs``)."""
+    nats_max_reconnect_attempts: int = -1
+    """Reconnect attempts before a service gives up and stops; -1 = forever
+    (``--nats-max-reconnect-attempts``)."""
 
     @property
     def frame_bytes(self) -> int:

@@ -10,6 +10,7 @@ __all__ = [
     "BATCHER_QUEUE_GROUP",
     "PREFIX",
     "cancel",
+    "cancel_all",
     "control",
     "gateway_announce",
     "gateway_stats",
@@ -59,12 +60,6 @@ def control() -> str:
     return f"{PREFIX}.control"
 
 
-def cancel() -> str:
-    """Where a gateway says that a streaming request ended before its final response (the client went
-    away, its deadline passed): a model that generates for that reply subject stops (``mesh.CancelNotice``)."""
-    return f"{PREFIX}.cancel"
-
-
 def gateway_announce() -> str:
     """Where each gateway publishes its heartbeat, so gateways know how many peers share the load."""
     return f"{PREFIX}.gateway.announce"
@@ -73,3 +68,14 @@ def gateway_announce() -> str:
 def gateway_stats() -> str:
     """Where a gateway asks every gateway for its statistics (one mesh-wide ModelStatistics answer)."""
     return f"{PREFIX}.gateway.stats"
+
+
+def cancel(model_name: str, version: int) -> str:
+    """Where a gateway says a request's requester is gone (payload: the request's reply subject);
+    every batcher and the model version's workers listen, so the request leaves its queue or stops."""
+    return f"{PREFIX}.cancel.{model_token(model_name)}.{version}"
+
+
+def cancel_all() -> str:
+    """What a batcher subscribes to (every batcher, no queue group: any of them may hold the request)."""
+    return f"{PREFIX}.cancel.>"

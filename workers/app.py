@@ -9,12 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from meshserve import subjects
 from meshserve.errors import MeshError
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
-from meshserve.messaging import connect_nats
+from meshserve.messaging import NatsEvents, connect_service
 from meshserve.model_config import complete_config, config_from_bytes, config_to_json, load_config
 from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
@@ -23,6 +24,7 @@ from meshserve.settings import WorkerSettings
 from workers.backends import create_backend
 from workers.backends.base import Backend, ConfigCompleter, LoadContext
 from workers.bls import BlsClient, install
+from workers.cancels import CancelBook
 from workers.executor import BatchExecutor
 from workers.server import BatchServer
 from workers.warmup import run_warmup
@@ -119,7 +121,12 @@ async def _load(
 
 async def run(settings: WorkerSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
-    nc = await connect_nats(settings.nats_url, f"worker-{settings.model_name}-{settings.instance_index}")
+    nc = await connect_service(
+        settings.nats_url,
+        f"worker-{settings.model_name}-{settings.instance_index}",
+        settings.limits,
+        NatsEvents(gave_up=[stop.set]),
+    )
     # NATS is reachable now, so is the route to it that a wildcard --host announces
     host = advertised_host(settings.host, settings.advertise_host, settings.nats_url)
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
@@ -130,6 +137,12 @@ async def run(settings: WorkerSettings) -> None:
         await announcer.publish()
 
     await nc.subscribe(subjects.worker_query(), cb=on_query)
+    cancels = CancelBook()
+
+    async def on_cancel(msg: Msg) -> None:
+        cancels.add(msg.data.decode(errors="replace"))
+
+    await nc.subscribe(subjects.cancel(settings.model_name, settings.model_version), cb=on_cancel)
     # python models' BLS requests go out on this worker's NATS connection (workers/bls.py)
     install(
         BlsClient(
@@ -153,6 +166,7 @@ async def run(settings: WorkerSettings) -> None:
                     compute,
                     settings.limits.max_message_bytes,
                     decoupled=loaded.model_transaction_policy.decoupled,
+                    cancels=cancels,
                 )
                 server = BatchServer(executor, settings.limits.frame_bytes)
                 port = await server.start(settings.host, settings.port)

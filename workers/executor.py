@@ -10,6 +10,7 @@ queue and transfer times); exactly one reply per executed batch counts the execu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from meshserve.errors import Internal, MeshError, PayloadTooLarge
 from meshserve.pb import mesh_pb2
 from workers.backends.base import Backend, Request, Result
+from workers.cancels import CancelBook
 from workers.codec import decode_request, encode_error, encode_result
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,14 @@ class BatchExecutor:
         compute: ThreadPoolExecutor,
         max_message_bytes: int,
         decoupled: bool = False,
+        cancels: CancelBook | None = None,
     ) -> None:
         self._backend = backend
+        self.cancels = cancels if cancels is not None else CancelBook()
+        """Requests whose requesters went away: not run when not started yet; decoupled ones see
+        ``is_cancelled()`` and their further responses are dropped."""
+        self.skipped = 0
+        """Requests not run because they were cancelled before their batch started."""
         self._publish = publish
         self._compute = compute
         self._max_message_bytes = max_message_bytes
@@ -63,6 +71,9 @@ class BatchExecutor:
         start_unix_ns = time.time_ns()
         t0 = time.perf_counter_ns()
         slots = [self._decode(batch.batch_id, item) for item in batch.items]
+        live = [slot for slot in slots if slot.item.reply_to not in self.cancels]
+        self.skipped += len(slots) - len(live)
+        slots = live
         if self._decoupled:
             return await self._run_decoupled(batch, slots, start_unix_ns, time.perf_counter_ns() - t0)
         executed = [(slot, slot.request) for slot in slots if slot.request is not None]
@@ -106,7 +117,7 @@ class BatchExecutor:
 
         def emitter(slot: _Slot) -> Callable[[Result, bool], None]:
             def emit(result: Result, final: bool) -> None:
-                if slot.finished:
+                if slot.finished or slot.item.reply_to in self.cancels:
                     return
                 response = self._encode(slot.message, result)
                 response.more = not final and result.error is None
@@ -125,6 +136,7 @@ class BatchExecutor:
                 await self._reply(slot.item.reply_to, slot.response)
             else:
                 slot.request.emit = emitter(slot)
+                slot.request.is_cancelled = functools.partial(self.cancels.__contains__, slot.item.reply_to)
                 executed.append(slot)
         if executed:
             results = await self._execute_decoupled([slot.request for slot in executed if slot.request])

@@ -324,11 +324,3 @@ class StageFault(_message.Message):
     stage: int
     message: str
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., stage: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
-
-class CancelNotice(_message.Message):
-    __slots__ = ("reply_to", "request_id")
-    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    reply_to: str
-    request_id: str
-    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

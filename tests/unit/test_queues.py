@@ -148,3 +148,15 @@ def test_signature_ignores_the_shape_of_ragged_inputs_only() -> None:
     assert signature_of(request(3, 4), ragged) == signature_of(request(9, 4), ragged)
     assert signature_of(request(3, 4), ragged) != signature_of(request(3, 5), ragged)
     assert signature_of(request(3, 4)) != signature_of(request(9, 4))
+
+
+def test_remove_where_takes_a_cancelled_request_out_of_any_level_and_keeps_the_order() -> None:
+    q: PriorityQueues[Item] = PriorityQueues([QueuePolicy(delay_on_timeout=True)] * 2, default_level=2)
+    for name, level in (("a1", 1), ("x2", 2), ("b2", 2), ("x1", 1)):
+        q.push(Item(name, queue_deadline_s=5.0 if name == "b2" else None), level)
+    q.expire(10.0)  # b2 moves to level 2's delayed FIFO
+    assert names(q.remove_where(lambda item: item.name.startswith("x"))) == ["x1", "x2"]
+    assert names(q.ordered()) == ["a1", "b2"]
+    assert q.remove_where(lambda item: item.name == "b2")[0].name == "b2"
+    assert names(q.ordered()) == ["a1"] and len(q) == 1
+    assert q.remove_where(lambda item: False) == []

@@ -441,6 +441,29 @@ def test_notify_without_work_sends_nothing(rules: BatchingRules) -> None:
     asyncio.run(scenario())
 
 
+def test_a_cancelled_request_leaves_the_queue_unanswered_and_never_runs() -> None:
+    async def scenario() -> None:
+        h = Harness(UNBATCHED)
+        link = h.link()
+        for rid in ("a", "b", "c"):
+            h.admit(queued(rid))
+        async with h.running():
+            await h.until(lambda: len(link.sent) == 1)  # "a" runs; "b" and "c" wait
+            assert h.scheduler.cancel("_INBOX.b") == 1
+            assert h.scheduler.cancel("_INBOX.b") == 0  # already gone
+            assert h.scheduler.cancel("_INBOX.a") == 0  # already sent: the worker's business
+            link.finish()
+            h.scheduler.notify()
+            await h.until(lambda: len(link.sent) == 2)
+            link.finish()
+            h.scheduler.notify()
+            await h.settle()
+        assert [item.request_id for flight in link.sent for item in flight.items] == ["a", "c"]  # type: ignore[attr-defined]
+        assert h.errors == [] and h.scheduler.cancelled == 1 and h.scheduler.depth == 0
+
+    asyncio.run(scenario())
+
+
 def _rules(batching: BatchingRules, *policies: QueuePolicy) -> ModelRules:
     return ModelRules(
         batching=batching, policies=policies or (QueuePolicy(),), default_level=1, ragged_inputs=frozenset()

@@ -59,6 +59,9 @@ class Request:
     emit: Callable[[Result, bool], None] | None = None
     """Decoupled models only: deliver one response now, from any thread; ``True`` marks it final.
     A decoupled backend's ``execute`` returns an empty list and answers through ``emit``."""
+    is_cancelled: Callable[[], bool] | None = None
+    """True once the requester went away (python models see it as ``request.is_cancelled()``); a
+    long generation should stop.  Safe to call from any thread."""
 
 
 @dataclass(slots=True)

@@ -403,11 +403,16 @@ class InferenceResponseSender:
     """Sends a decoupled request's responses as they are ready (any number, from any thread); the last
     ``send`` carries ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (its response may be None)."""
 
-    __slots__ = ("_closed", "_deliver")
+    __slots__ = ("_cancelled", "_closed", "_deliver")
 
-    def __init__(self, deliver: Callable[[InferenceResponse | None, bool], None]) -> None:
+    def __init__(
+        self,
+        deliver: Callable[[InferenceResponse | None, bool], None],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         self._deliver = deliver
         self._closed = False
+        self._cancelled = cancelled
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
         final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -425,7 +430,8 @@ class InferenceResponseSender:
         self._deliver(response, final)
 
     def is_cancelled(self) -> bool:
-        return False
+        """True once the client went away (the gateway's cancel reached this worker)."""
+        return self._cancelled is not None and self._cancelled()
 
 
 _BLS_MSG = (
@@ -465,6 +471,7 @@ class InferenceRequest:
     """
 
     __slots__ = (
+        "_cancelled",
         "_correlation_id",
         "_flags",
         "_inputs",
@@ -501,6 +508,7 @@ class InferenceRequest:
         self._flags = flags
         self._timeout = timeout
         self._sender: InferenceResponseSender | None = None
+        self._cancelled: Callable[[], bool] | None = None
         if isinstance(parameters, str):
             self._parameters: dict[str, Any] = json.loads(parameters) if parameters else {}
         else:
@@ -536,7 +544,8 @@ class InferenceRequest:
         return self._model_version
 
     def is_cancelled(self) -> bool:
-        return False
+        """True once the client went away (the gateway's cancel reached this worker)."""
+        return self._cancelled is not None and self._cancelled()
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._sender is None:

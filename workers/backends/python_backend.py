@@ -223,6 +223,8 @@ class PythonBackend:
         if not requests:
             return []
         pb_requests = [self._to_pb_request(request) for request in requests]
+        for request, pb_request in zip(requests, pb_requests, strict=True):
+            pb_request._cancelled = request.is_cancelled
         # BLS calls made while this batch runs wait at most until its last requester stops waiting
         deadlines = [r.deadline_unix_ns for r in requests]
         token = CALLER_DEADLINE_NS.set(0 if 0 in deadlines else max(deadlines))
@@ -263,7 +265,9 @@ class PythonBackend:
         it returns; ``execute`` itself returns None.  Returns [] — or one error per request when
         ``execute`` raised (the executor ends the streams that are still open with it)."""
         for index, (request, pb_request) in enumerate(zip(requests, pb_requests, strict=True)):
-            pb_request._sender = pb_utils.InferenceResponseSender(self._deliver_to(index, request))
+            pb_request._sender = pb_utils.InferenceResponseSender(
+                self._deliver_to(index, request), request.is_cancelled
+            )
         try:
             returned = self._resolve(self._model.execute(pb_requests))
         except (Exception, SystemExit) as exc:

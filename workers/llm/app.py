@@ -175,13 +175,10 @@ async def run(settings: WorkerSettings) -> None:
             node.on_ring_change = on_ring
 
             async def on_cancel(msg: Msg) -> None:
-                try:
-                    notice = mesh_pb2.CancelNotice.FromString(msg.data)
-                except Exception:
-                    return
-                eng.cancel(notice.reply_to)
+                # the gateway's cancel: the payload is the request's reply subject (gateway/dispatcher.py)
+                eng.cancel(msg.data.decode(errors="replace"))
 
-            await nc.subscribe(subjects.cancel(), cb=on_cancel)
+            await nc.subscribe(subjects.cancel(settings.model_name, settings.model_version), cb=on_cancel)
         await node.start()
         async with asyncio.TaskGroup() as tg:
             if engine is not None and announcer is not None:

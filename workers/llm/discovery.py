@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from meshserve import subjects
 from meshserve.pb import mesh_pb2
 
-__all__ = ["StageTable", "announce_subject", "cancel_subject", "fault_subject", "query_subject"]
+__all__ = ["StageTable", "announce_subject", "fault_subject", "query_subject"]
 
 
 def announce_subject() -> str:
@@ -21,10 +21,6 @@ def query_subject() -> str:
 
 def fault_subject(model: str, version: int) -> str:
     return f"{subjects.PREFIX}.llm.fault.{subjects.model_token(model)}.{version}"
-
-
-def cancel_subject() -> str:
-    return subjects.cancel()
 
 
 @dataclass(slots=True)
