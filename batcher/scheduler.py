@@ -17,6 +17,7 @@ from batcher.link import InFlight, InstanceLink
 from batcher.model_rules import ModelRules
 from batcher.policy import Pending, Reason, decide
 from batcher.queues import PriorityQueues
+from meshserve import tracing
 from meshserve.errors import DeadlineExceeded, MeshError, QueueFull, Unavailable, WorkerLost
 from meshserve.pb import mesh_pb2
 
@@ -213,6 +214,12 @@ class ModelScheduler:
                 for q in items
             ],
         )
+        if tracing.enabled():  # off by default; re-reading the requests costs only when on
+            for q, item in zip(items, batch.items, strict=True):
+                request = mesh_pb2.InferRequest.FromString(q.raw)
+                tracing.record_span(
+                    "batcher queue", request, dispatch_unix_ns - item.queue_ns, dispatch_unix_ns
+                )
         await link.send(InFlight(batch=batch, sent_s=now, items=list(items)))
 
     async def _expire(self, now: float) -> None:

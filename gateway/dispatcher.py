@@ -24,7 +24,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from meshserve import subjects
+from meshserve import subjects, tracing
 from meshserve.errors import (
     DeadlineExceeded,
     Internal,
@@ -104,6 +104,7 @@ class Dispatcher:
         """A decoupled request: its responses as they come (see :class:`StreamInbox`)."""
         return self._streams.stream(request, timeout_s)
 
+    @tracing.traced_call
     async def infer(self, request: mesh_pb2.InferRequest, timeout_s: float) -> mesh_pb2.InferResponse:
         subject = subjects.infer(request.model_name, request.model_version)
         data = fit_payload(self._nc, request)
@@ -239,6 +240,7 @@ class StreamInbox:
         except asyncio.QueueFull:
             self._overflowed.add(token)
 
+    @tracing.traced_stream
     async def stream(
         self, request: mesh_pb2.InferRequest, timeout_s: float
     ) -> AsyncIterator[mesh_pb2.InferResponse]:

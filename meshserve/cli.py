@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--stage", type=int, default=-1, help="llm models: the pipeline stage this worker holds (docs/llm.md)"
     )
+
+    from meshserve.loadtool.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -277,7 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "bench":  # a client, not a service: no event loop of ours, no service logging
+        from meshserve.loadtool.cli import main as bench_main
+
+        return bench_main(args)
     setup_logging(args.command, args.log_verbose)
+    if args.command != "up":  # each service process traces its own hop (MESHSERVE_TRACING; off by default)
+        from meshserve import tracing
+
+        tracing.setup(args.command)
     coro: Coroutine[Any, Any, None]
     if args.command == "up":
         from meshserve.launcher import run_up

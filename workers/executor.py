@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from meshserve import tracing
 from meshserve.errors import Internal, MeshError, PayloadTooLarge
 from meshserve.pb import mesh_pb2
 from workers.backends.base import Backend, Request, Result
@@ -90,6 +91,15 @@ class BatchExecutor:
             compute_output_ns=t3 - t2,
             batch_rows=sum(max(1, slot.message.batch_size) for slot, _ in executed),
         )
+        if tracing.enabled():
+            for slot, _ in executed:
+                tracing.record_span(
+                    "worker compute",
+                    slot.message,
+                    start_unix_ns,
+                    start_unix_ns + t3 - t0,
+                    _span_timing(timing),
+                )
         first = executed[0][0] if executed else None
         for slot in slots:
             assert slot.response is not None
@@ -140,6 +150,9 @@ class BatchExecutor:
                 executed.append(slot)
         if executed:
             results = await self._execute_decoupled([slot.request for slot in executed if slot.request])
+            if tracing.enabled():
+                for slot in executed:
+                    tracing.record_span("worker compute", slot.message, start_unix_ns, time.time_ns())
             for slot, result in zip(executed, results, strict=False):
                 if result.error is not None and not slot.finished:
                     slot.finished = True
@@ -229,3 +242,12 @@ def _transfer_ns(item: mesh_pb2.BatchItem, start_unix_ns: int) -> int:
     if not item.dispatch_unix_ns:
         return 0
     return max(0, start_unix_ns - item.dispatch_unix_ns)
+
+
+def _span_timing(timing: mesh_pb2.Timing) -> dict[str, int]:
+    return {
+        "meshserve.batch_rows": timing.batch_rows,
+        "meshserve.compute_input_ns": timing.compute_input_ns,
+        "meshserve.compute_infer_ns": timing.compute_infer_ns,
+        "meshserve.compute_output_ns": timing.compute_output_ns,
+    }

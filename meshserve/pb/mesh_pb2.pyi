@@ -55,7 +55,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("request_id", "model_name", "model_version", "inputs", "requested_outputs", "parameters", "deadline_unix_ns", "priority", "trace_id", "batch_size", "timeout_us")
+    __slots__ = ("request_id", "model_name", "model_version", "inputs", "requested_outputs", "parameters", "deadline_unix_ns", "priority", "trace_id", "batch_size", "timeout_us", "traceparent")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class InferRequest(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_US_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_name: str
     model_version: int
@@ -85,7 +86,8 @@ class InferRequest(_message.Message):
     trace_id: str
     batch_size: int
     timeout_us: int
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., requested_outputs: _Optional[_Iterable[str]] = ..., parameters: _Optional[_Mapping[str, Param]] = ..., deadline_unix_ns: _Optional[int] = ..., priority: _Optional[int] = ..., trace_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., timeout_us: _Optional[int] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., requested_outputs: _Optional[_Iterable[str]] = ..., parameters: _Optional[_Mapping[str, Param]] = ..., deadline_unix_ns: _Optional[int] = ..., priority: _Optional[int] = ..., trace_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., timeout_us: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ns", "compute_input_ns", "compute_infer_ns", "compute_output_ns", "batch_rows", "counts_execution", "transfer_ns")
