@@ -19,6 +19,7 @@ from gateway.core import InferenceCore
 from gateway.generate import decode_generate, generate_events, generate_one, sse_event
 from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
 from gateway.json_body import loads_checked
+from gateway.openai_api import add_routes as add_openai_routes
 from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
 from meshserve.model_config import config_to_json
 
@@ -199,6 +200,8 @@ def build_app(core: InferenceCore) -> web.Application:
         model = request.match_info["model"]
         view = core.models.ready_view(model, version(request))
         call = decode_generate(await request.read(), view)
+        if view.platform == "llm":  # a sharded language model streams its tokens here unless told not to
+            call.parameters.setdefault("stream", True)
         response = web.StreamResponse(headers=SSE_HEADERS)
         trailer = b""
         async with aclosing(generate_events(core, model, version(request), call)) as events:
@@ -244,5 +247,6 @@ def build_app(core: InferenceCore) -> web.Application:
         app.router.add_post(prefix + "/infer", infer)
         app.router.add_post(prefix + "/generate", generate)
         app.router.add_post(prefix + "/generate_stream", generate_stream)
+    add_openai_routes(app, core)  # /v1/completions, /v1/chat/completions, /v1/models (docs/llm.md)
     app.router.add_route("*", "/v2/{tail:.*}", unknown_model_route)
     return app

@@ -188,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics of the batcher: queue depth, batches by reason (-1 = off, 0 = a free port)",
     )
 
+    pl = sub.add_parser("plan", help="how many stages/devices/nodes a language model needs (docs/llm.md)")
+    pl.add_argument("--config", type=Path, default=None, help="a Hugging Face config.json or checkpoint dir")
+    pl.add_argument("--params", default=None, help="instead of --config: a parameter count, e.g. 175B")
+    pl.add_argument("--dtype", default="float16", help="float32, float16, bfloat16, fp8, int8, int4")
+    pl.add_argument("--device-memory-gb", type=float, default=80.0)
+    pl.add_argument("--context", type=int, default=2048, help="tokens per sequence (prompt + output)")
+    pl.add_argument("--concurrent", type=int, default=16, help="sequences in flight at full context")
+    pl.add_argument("--headroom", type=float, default=0.1, help="fraction of each device kept free")
+    pl.add_argument("--devices-per-node", type=int, default=8)
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     w = sub.add_parser("worker", help="run one worker (one model instance)")
     _add_common(w, nats_required=True)
     w.add_argument("--model-repository", type=Path, required=True)
@@ -201,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--advertise-host",
         default=env_default("advertise_host", ""),
         help="address announced to batchers (default: --host, or the route to NATS when --host is 0.0.0.0)",
+    )
+    w.add_argument(
+        "--stage", type=int, default=-1, help="llm models: the pipeline stage this worker holds (docs/llm.md)"
     )
 
     from meshserve.loadtool.cli import add_bench_parser
@@ -251,8 +265,27 @@ def _run_loop(coro: Coroutine[Any, Any, None], event_loop: str) -> None:
         asyncio.run(coro)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from meshserve.plan import make_plan, render, shape_from_args
+
+    try:
+        plan = make_plan(
+            shape_from_args(args.config, args.params), args.dtype, args.device_memory_gb, args.context,
+            args.concurrent, args.headroom, args.devices_per_node,
+        )  # fmt: skip
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"meshserve plan: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.as_json(), indent=2) if args.json else render(plan))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "bench":  # a client, not a service: no event loop of ours, no service logging
         from meshserve.loadtool.cli import main as bench_main
 
@@ -302,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     else:
-        coro = _service("workers.app")(
+        coro = _service("workers.llm.app" if args.stage >= 0 else "workers.app")(
             WorkerSettings(
                 nats_url=args.nats_url,
                 model_repository=args.model_repository.resolve(),
@@ -314,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 advertise_host=args.advertise_host,
                 device=args.device,
                 exit_with_parent=args.exit_with_parent,
+                stage=args.stage,
                 limits=_limits(args),
             )
         )

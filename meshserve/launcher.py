@@ -44,6 +44,8 @@ class WorkerSpec:
     version: int
     instance: int
     device: str
+    stage: int = -1
+    """``llm`` models: the pipeline stage (``instance`` is then the stage too)."""
 
 
 @dataclass
@@ -74,6 +76,9 @@ def worker_plan(entries: list[ModelEntry], gpus: int) -> list[WorkerSpec]:
     for entry in entries:
         if entry.config is None:
             continue
+        if entry.config.backend == "llm":
+            plan += _stage_plan(entry, gpus)
+            continue
         for version in entry.versions:
             index = 0
             for group in entry.config.instance_group:
@@ -83,6 +88,24 @@ def worker_plan(entries: list[ModelEntry], gpus: int) -> list[WorkerSpec]:
                         plan.append(WorkerSpec(entry.name, version, index, device))
                         index += 1
     return plan
+
+
+def _stage_plan(entry: ModelEntry, gpus: int) -> list[WorkerSpec]:
+    """A sharded language model: one worker per stage (config parameter ``stages``), each on its own GPU
+    (round robin over the visible ones) when its instance group wants GPUs, else on the CPU."""
+    assert entry.config is not None
+    raw = entry.config.parameters["stages"].string_value if "stages" in entry.config.parameters else "1"
+    stages = int(raw) if raw.strip().isdigit() and int(raw) > 0 else 1
+    group = entry.config.instance_group[0] if entry.config.instance_group else mc.ModelInstanceGroup()
+    devices = _group_devices(group, gpus)
+    gpu_ids = [d for d in devices if d.startswith("cuda:")]
+    if gpu_ids and gpus:
+        devices = [f"cuda:{k % gpus}" for k in range(stages)]
+    return [
+        WorkerSpec(entry.name, version, stage, devices[stage % len(devices)], stage)
+        for version in entry.versions
+        for stage in range(stages)
+    ]
 
 
 def _group_devices(group: mc.ModelInstanceGroup, gpus: int) -> list[str]:
@@ -300,6 +323,7 @@ class Launcher:
                         str(spec.instance),
                         "--device",
                         device,
+                        *(["--stage", str(spec.stage)] if spec.stage >= 0 else []),
                     ],
                     env,
                 )

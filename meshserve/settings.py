@@ -128,6 +128,8 @@ class WorkerSettings:
     """On SIGTERM, how long the batch endpoint stays open after the STOPPING announcement."""
     exit_with_parent: bool = False
     """Stop when the parent process (``meshserve up``) goes away."""
+    stage: int = -1
+    """``llm`` models only: which pipeline stage (layer range) this worker holds; -1 = a plain worker."""
     limits: Limits = field(default_factory=Limits)
 
 

@@ -20,5 +20,5 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi -L | tee "$out/nvidia-smi.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
-python3 -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py tests/unit/test_pytorch_backend.py 2>&1 | tee "$out/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py tests/unit/test_pytorch_backend.py tests/unit/test_llm_cuda.py 2>&1 | tee "$out/pytest.txt"
 python3 bench/gpu_batching.py --seconds "${GPU_BENCH_SECONDS:-6}" --json "$out/gpu_batching.json" 2>&1 | tee "$out/gpu_batching.txt"

@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from meshserve.framing import read_frame, write_frame
 from meshserve.pb import mesh_pb2
-from workers.executor import BatchExecutor
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BatchServer"]
 
 
+class RunsBatches(Protocol):
+    """What executes a batch: ``workers.executor.BatchExecutor``, or an ``llm`` model's stage 0."""
+
+    async def run(self, batch: mesh_pb2.Batch) -> mesh_pb2.BatchDone: ...
+
+
 class BatchServer:
-    def __init__(self, executor: BatchExecutor, max_frame_bytes: int) -> None:
+    def __init__(self, executor: RunsBatches, max_frame_bytes: int) -> None:
         self._executor = executor
         self._max_frame_bytes = max_frame_bytes
         self._server: asyncio.Server | None = None

@@ -212,3 +212,117 @@ class ControlReply(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     error: Error
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class StageSampling(_message.Message):
+    __slots__ = ("temperature", "top_k", "top_p", "has_seed", "seed")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    HAS_SEED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_k: int
+    top_p: float
+    has_seed: bool
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., has_seed: bool = ..., seed: _Optional[int] = ...) -> None: ...
+
+class StageSeq(_message.Message):
+    __slots__ = ("seq_id", "start", "length", "capacity", "sampling", "reply_to", "request_id")
+    SEQ_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    seq_id: int
+    start: int
+    length: int
+    capacity: int
+    sampling: StageSampling
+    reply_to: str
+    request_id: str
+    def __init__(self, seq_id: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., capacity: _Optional[int] = ..., sampling: _Optional[_Union[StageSampling, _Mapping]] = ..., reply_to: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StageStep(_message.Message):
+    __slots__ = ("step_id", "seqs", "hidden", "dtype", "free", "sent_unix_ns")
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    SENT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    step_id: int
+    seqs: _containers.RepeatedCompositeFieldContainer[StageSeq]
+    hidden: bytes
+    dtype: str
+    free: _containers.RepeatedScalarFieldContainer[int]
+    sent_unix_ns: int
+    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[StageSeq, _Mapping]]] = ..., hidden: _Optional[bytes] = ..., dtype: _Optional[str] = ..., free: _Optional[_Iterable[int]] = ..., sent_unix_ns: _Optional[int] = ...) -> None: ...
+
+class StageTokens(_message.Message):
+    __slots__ = ("step_id", "seq_ids", "tokens")
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    step_id: int
+    seq_ids: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step_id: _Optional[int] = ..., seq_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StageFrame(_message.Message):
+    __slots__ = ("step", "tokens")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    step: StageStep
+    tokens: StageTokens
+    def __init__(self, step: _Optional[_Union[StageStep, _Mapping]] = ..., tokens: _Optional[_Union[StageTokens, _Mapping]] = ...) -> None: ...
+
+class StageAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StageAnnouncement(_message.Message):
+    __slots__ = ("instance_id", "model_name", "model_version", "stage", "stages", "state", "reason", "address", "kv_sequences", "kv_tokens", "layer_start", "layer_end", "metrics", "linked")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KV_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_START_FIELD_NUMBER: _ClassVar[int]
+    LAYER_END_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    LINKED_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    model_name: str
+    model_version: int
+    stage: int
+    stages: int
+    state: InstanceState
+    reason: str
+    address: str
+    kv_sequences: int
+    kv_tokens: int
+    layer_start: int
+    layer_end: int
+    metrics: str
+    linked: bool
+    def __init__(self, instance_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., stage: _Optional[int] = ..., stages: _Optional[int] = ..., state: _Optional[_Union[InstanceState, str]] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., kv_sequences: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., metrics: _Optional[str] = ..., linked: bool = ...) -> None: ...
+
+class StageFault(_message.Message):
+    __slots__ = ("model_name", "model_version", "stage", "message")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: int
+    stage: int
+    message: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., stage: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

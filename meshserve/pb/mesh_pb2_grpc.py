@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from meshserve.pb import mesh_pb2 as meshserve_dot_pb_dot_mesh__pb2
 
 GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,77 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class PipelineStageStub(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Forward = channel.stream_stream(
+                '/meshserve.mesh.PipelineStage/Forward',
+                request_serializer=meshserve_dot_pb_dot_mesh__pb2.StageFrame.SerializeToString,
+                response_deserializer=meshserve_dot_pb_dot_mesh__pb2.StageAck.FromString,
+                _registered_method=True)
+
+
+class PipelineStageServicer(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def Forward(self, request_iterator, context):
+        """One long-lived stream from a stage to the next; the reply stream stays silent (its end, or an
+        error on it, tells the sender that the next stage is gone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PipelineStageServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Forward': grpc.stream_stream_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=meshserve_dot_pb_dot_mesh__pb2.StageFrame.FromString,
+                    response_serializer=meshserve_dot_pb_dot_mesh__pb2.StageAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'meshserve.mesh.PipelineStage', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('meshserve.mesh.PipelineStage', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PipelineStage(object):
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Forward(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/meshserve.mesh.PipelineStage/Forward',
+            meshserve_dot_pb_dot_mesh__pb2.StageFrame.SerializeToString,
+            meshserve_dot_pb_dot_mesh__pb2.StageAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -101,3 +101,25 @@ def test_several_models_in_order() -> None:
 
 def test_empty_repository_plans_nothing() -> None:
     assert worker_plan([], gpus=2) == []
+
+
+def llm_entry(stages: str, kind: str = "KIND_AUTO") -> ModelEntry:
+    text = (
+        f'name: "llm" backend: "llm" instance_group [{{ count: 1 kind: {kind} }}] '
+        f'parameters {{ key: "stages" value {{ string_value: "{stages}" }} }}'
+    )
+    config = text_format.Parse(text, mc.ModelConfig())
+    return ModelEntry("llm", Path("/repo/llm"), config, (1,), available_versions=(1,))
+
+
+def test_llm_model_gets_one_worker_per_stage() -> None:
+    plan = worker_plan([llm_entry("4")], gpus=0)
+    assert plan == [WorkerSpec("llm", 1, k, "cpu", k) for k in range(4)]
+
+
+def test_llm_stages_spread_over_gpus() -> None:
+    assert [s.device for s in worker_plan([llm_entry("4", "KIND_GPU")], gpus=2)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1",
+    ]  # fmt: skip
+    assert [s.device for s in worker_plan([llm_entry("2")], gpus=4)] == ["cuda:0", "cuda:1"]
+    assert [s.device for s in worker_plan([llm_entry("2", "KIND_CPU")], gpus=4)] == ["cpu", "cpu"]
