@@ -79,6 +79,12 @@ def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
         default=int(env_default("nats_max_reconnect_attempts", "-1")),
         help="reconnect attempts before a service gives up and stops; -1 = forever (default %(default)s)",
     )
+    p.add_argument(
+        "--nats-connect-timeout-secs",
+        type=float,
+        default=float(env_default("nats_connect_timeout_secs", "30")),
+        help="a service whose first NATS connection fails this long stops with the reason (default %(default)s)",
+    )
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     add_nats_flags(p)
     p.add_argument(
@@ -229,6 +235,7 @@ def _limits(args: argparse.Namespace) -> Limits:
         request_timeout_s=args.request_timeout_secs,
         nats_reconnect_wait_s=args.nats_reconnect_wait_secs,
         nats_max_reconnect_attempts=args.nats_max_reconnect_attempts,
+        nats_connect_timeout_s=args.nats_connect_timeout_secs,
     )
 
 

@@ -193,6 +193,8 @@ class Launcher:
             str(s.limits.nats_reconnect_wait_s),
             "--nats-max-reconnect-attempts",
             str(s.limits.nats_max_reconnect_attempts),
+            "--nats-connect-timeout-secs",
+            str(s.limits.nats_connect_timeout_s),
             "--exit-with-parent",
             "--event-loop",
             s.event_loop,

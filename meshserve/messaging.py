@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable
@@ -104,8 +105,9 @@ async def connect_nats(
     reconnect_wait_s: float = 0.5,
     max_reconnect_attempts: int = -1,
     events: NatsEvents | None = None,
+    first_connect_timeout_s: float = 30.0,
 ) -> Client:
-    """Connect; after a first success, reconnect every ``reconnect_wait_s`` (-1 attempts = forever, so
+    """Connect (the first connection within ``first_connect_timeout_s``, else ``Unavailable``); after a first success, reconnect every ``reconnect_wait_s`` (-1 attempts = forever, so
     a NATS restart never kills a service; a bound makes the service stop once it runs out, for a
     supervisor to restart it)."""
     events = events if events is not None else NatsEvents()
@@ -129,7 +131,9 @@ async def connect_nats(
             events.fire(events.gave_up)
 
     try:
-        nc = await nats.connect(
+        # nats-py retries a failing first connection as often as later reconnects (forever at -1): a
+        # wrong URL, scheme or certificate would hang the service before its ready line. Bound it.
+        connecting = nats.connect(
             url,
             name=name,
             connect_timeout=connect_timeout_s,
@@ -143,6 +147,13 @@ async def connect_nats(
             pending_size=64 * 1024 * 1024,
             **_options.connect_kwargs(),
         )
+        nc = await asyncio.wait_for(connecting, first_connect_timeout_s)
+    except TimeoutError:
+        raise Unavailable(
+            f"cannot connect to NATS at {url} within {first_connect_timeout_s:.0f}s "
+            "(check the URL, its scheme (nats:// or tls://), credentials and certificates; the log above "
+            "has each attempt's error)"
+        ) from None
     except Exception as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
     client.append(nc)
@@ -157,4 +168,5 @@ async def connect_service(url: str, name: str, limits: Limits, events: NatsEvent
         reconnect_wait_s=limits.nats_reconnect_wait_s,
         max_reconnect_attempts=limits.nats_max_reconnect_attempts,
         events=events,
+        first_connect_timeout_s=limits.nats_connect_timeout_s,
     )

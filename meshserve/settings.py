@@ -45,6 +45,9 @@ class Limits:
     nats_max_reconnect_attempts: int = -1
     """Reconnect attempts before a service gives up and stops; -1 = forever
     (``--nats-max-reconnect-attempts``)."""
+    nats_connect_timeout_s: float = 30.0
+    """A first connection to NATS that keeps failing this long stops the service with the reason
+    (``--nats-connect-timeout-secs``); nats-py alone would retry it forever."""
 
     @property
     def frame_bytes(self) -> int:
