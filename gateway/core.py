@@ -16,6 +16,7 @@ from typing import Any
 from gateway.dispatcher import Dispatcher
 from gateway.ensemble import EnsembleRunner
 from gateway.models import ModelState, ModelTable, ModelView
+from gateway.ordering import OrderedReleases
 from gateway.peers import GatewayPeers
 from gateway.repository_params import ParamValue, control_request
 from gateway.stats import FailureReason, StatsBook, failure_reason
@@ -56,6 +57,7 @@ class InferenceCore:
         self._dispatcher = dispatcher
         self._ensembles = EnsembleRunner(models, dispatcher, self.stats, settings.limits.max_message_bytes)
         self.shutting_down = False
+        self._ordering = OrderedReleases()
         self.peers: GatewayPeers | None = None
         """Set by the gateway process: statistics then add up every gateway's counts."""
 
@@ -70,10 +72,30 @@ class InferenceCore:
             )
         start = time.perf_counter_ns()
         with self.stats.in_flight(view.name, view.version):
-            response = await self._round_trip(view, call, client_timeout_s, start)
+            if _preserves_ordering(view):
+                response = await self._ordered_round_trip(view, call, client_timeout_s, start)
+            else:
+                response = await self._round_trip(view, call, client_timeout_s, start)
         if wants_timing(call.parameters):
             add_breakdown(response, time.perf_counter_ns() - start)
         return InferOutcome(view, response)
+
+    async def _ordered_round_trip(
+        self, view: ModelView, call: InferCall, client_timeout_s: float | None, start: int
+    ) -> mesh_pb2.InferResponse:
+        """``preserve_ordering``: the response (or error) waits for every earlier request's (``ordering.py``)."""
+        place = self._ordering.enter((view.name, view.version))
+        deadline = time.monotonic() + (client_timeout_s or self.settings.limits.request_timeout_s)
+        try:
+            response = await self._round_trip(view, call, client_timeout_s, start)
+        except MeshError:
+            await place.wait_turn(deadline - time.monotonic())
+            raise
+        except BaseException:
+            place.leave()
+            raise
+        await place.wait_turn(deadline - time.monotonic())
+        return response
 
     async def _round_trip(
         self, view: ModelView, call: InferCall, client_timeout_s: float | None, start: int
@@ -229,3 +251,8 @@ class InferenceCore:
     def local_statistics(self, keys: list[tuple[str, int]]) -> list[dict[str, Any]]:
         """What this gateway alone counted for ``keys``."""
         return [self.stats.get(name, version).as_dict(name, version) for name, version in keys]
+
+
+def _preserves_ordering(view: ModelView) -> bool:
+    config = view.config
+    return config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering
