@@ -13,15 +13,12 @@ instance count (a copy of the example with ``count`` changed), so one worker is 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing as mp
 import os
 import re
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,48 +26,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import client_load  # noqa: E402
 from meshserve.harness import start_mesh  # noqa: E402
 
 
-def client_process(url: str, in_flight: int, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    import tritonclient.grpc.aio as aioclient
-    from tritonclient.grpc import InferInput
-
-    async def run() -> list[float]:
-        client = aioclient.InferenceServerClient(url)
-        a = np.arange(16, dtype=np.int32).reshape(1, 16)
-        latencies: list[float] = []
-        warm_end = time.perf_counter() + 1.5
-        end = warm_end + seconds
-
-        async def loop() -> None:
-            while (now := time.perf_counter()) < end:
-                inputs = [InferInput("INPUT0", [1, 16], "INT32"), InferInput("INPUT1", [1, 16], "INT32")]
-                inputs[0].set_data_from_numpy(a)
-                inputs[1].set_data_from_numpy(a)
-                await client.infer("simple", inputs)
-                if now > warm_end:
-                    latencies.append(time.perf_counter() - now)
-
-        await asyncio.gather(*(loop() for _ in range(in_flight)))
-        await client.close()
-        return latencies
-
-    out.put(asyncio.run(run()))
-
-
 def drive(url: str, in_flight: int, clients: int, seconds: float) -> tuple[float, float, float]:
-    ctx = mp.get_context("spawn")
-    queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [
-        ctx.Process(target=client_process, args=(url, max(1, in_flight // clients), seconds, queue))
-        for _ in range(clients)
-    ]
-    for p in procs:
-        p.start()
-    latencies = sorted(lat for _ in procs for lat in queue.get(timeout=seconds + 120))
-    for p in procs:
-        p.join(30)
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [("INPUT0", "INT32", a), ("INPUT1", "INT32", a)]
+    latencies = client_load.drive(url, "simple", inputs, in_flight, clients, seconds, warmup_s=1.5)
     return (
         len(latencies) / seconds,
         statistics.median(latencies) * 1e3,

@@ -17,9 +17,7 @@ flight, for ``--seconds`` after a 2 s warm-up. Each request is one row of ``--fe
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import client_load  # noqa: E402
 from meshserve.harness import start_mesh  # noqa: E402
 
 
@@ -120,49 +119,9 @@ def direct(features: int, hidden: int, rows: int, seconds: float) -> Row:
     )
 
 
-def client_process(
-    url: str, model: str, features: int, in_flight: int, seconds: float, out: mp.Queue
-) -> None:  # type: ignore[type-arg]
-    import tritonclient.grpc.aio as aioclient
-    from tritonclient.grpc import InferInput
-
-    async def run() -> list[float]:
-        client = aioclient.InferenceServerClient(url)
-        data = np.random.default_rng(1).standard_normal((1, features)).astype(np.float32)
-        latencies: list[float] = []
-        warm_end = time.perf_counter() + 2.0
-        end = warm_end + seconds
-
-        async def loop() -> None:
-            while (now := time.perf_counter()) < end:
-                inp = InferInput("INPUT__0", [1, features], "FP32")
-                inp.set_data_from_numpy(data)
-                await client.infer(model, [inp])
-                if now > warm_end:
-                    latencies.append(time.perf_counter() - now)
-
-        await asyncio.gather(*(loop() for _ in range(in_flight)))
-        await client.close()
-        return latencies
-
-    out.put(asyncio.run(run()))
-
-
 def drive(url: str, model: str, features: int, in_flight: int, clients: int, seconds: float) -> Row:
-    ctx = mp.get_context("spawn")
-    queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [
-        ctx.Process(
-            target=client_process, args=(url, model, features, max(1, in_flight // clients), seconds, queue)
-        )
-        for _ in range(clients)
-    ]
-    for p in procs:
-        p.start()
-    latencies = [lat for _ in procs for lat in queue.get(timeout=seconds + 120)]
-    for p in procs:
-        p.join(30)
-    ordered = sorted(latencies)
+    data = np.random.default_rng(1).standard_normal((1, features)).astype(np.float32)
+    ordered = client_load.drive(url, model, [("INPUT__0", "FP32", data)], in_flight, clients, seconds)
     return Row(
         model,
         len(ordered) / seconds,
