@@ -9,6 +9,7 @@ quiet for ``IDLE_EXIT_S`` exits by itself.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import multiprocessing
@@ -95,7 +96,7 @@ def split_phase(phase: Phase, processes: int) -> list[Phase]:
     return shares
 
 
-class Runner:
+class Runner(abc.ABC):
     """Runs a phase (split across its processes) and answers the merged samples."""
 
     processes: int = 1
@@ -107,11 +108,12 @@ class Runner:
     def completed(self) -> int:
         return int(sum(self.done_counts))
 
+    @abc.abstractmethod
     def run(self, phase: Phase, timeout_s: float) -> Samples:
-        raise NotImplementedError
+        """The phase's samples, within ``timeout_s``."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (most runners hold nothing to close)
+        """Release what the runner holds (processes, event loop)."""
 
 
 class LocalRunner(Runner):
