@@ -83,18 +83,30 @@ class Batcher:
             priority=request.priority,
             timeout_s=request.timeout_us / 1e6,
         )
-        error: MeshError | None
-        if scheduler is None and request.model_version <= 0:
-            error = Unavailable(
-                f"model '{request.model_name}' is not served: no live instance of any version"
-            )
-        elif scheduler is None:
-            error = Unavailable(
-                f"model '{request.model_name}' version {request.model_version} has no live instance"
-            )
-        else:
-            error = scheduler.admit(item)
+        if scheduler is None:
+            await self._pass_to_gateways(item)
+            return
+        error = scheduler.admit(item)
         if error is not None:
+            await self.reply_error(item, error)
+
+    async def _pass_to_gateways(self, item: Queued) -> None:
+        """No instance of this model: it may be an ensemble (a BLS call to one), whose pipeline a
+        gateway runs.  The request goes on unchanged with its reply subject; a gateway answers it,
+        with "not served" when it is no ensemble either (``gateway/mesh_ensembles.py``)."""
+        error: MeshError
+        if item.model_version <= 0:
+            error = Unavailable(f"model '{item.model_name}' is not served: no live instance of any version")
+        else:
+            error = Unavailable(f"model '{item.model_name}' version {item.model_version} has no live instance")
+        if not item.reply_to:
+            return
+        try:
+            await self._nc.publish(
+                subjects.ensemble(item.model_name, item.model_version), item.raw, reply=item.reply_to
+            )
+        except Exception as exc:
+            log.debug("cannot pass request %r on to the gateways: %s", item.request_id, exc)
             await self.reply_error(item, error)
 
     async def _on_cancel(self, msg: Msg) -> None:

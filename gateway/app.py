@@ -15,6 +15,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.grpc_parse import ParseRequestsInterceptor
 from gateway.grpc_service import InferenceServicer
 from gateway.http_service import build_app
+from gateway.mesh_ensembles import MeshEnsembles
 from gateway.metrics import build_registry, start_metrics_server
 from gateway.models import ModelTable
 from gateway.peers import GatewayPeers
@@ -64,6 +65,8 @@ async def run(settings: GatewaySettings) -> None:
     core = InferenceCore(settings, models, dispatcher)
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
+    mesh_ensembles = MeshEnsembles(nc, core)  # BLS calls to ensembles (gateway/mesh_ensembles.py)
+    await mesh_ensembles.start()
 
     limit = settings.limits.grpc_message_bytes
     request_limits = settings.request_limits
@@ -136,6 +139,7 @@ async def run(settings: GatewaySettings) -> None:
         await runner.cleanup()
         await metrics_runner.cleanup()
         await core.peers.stop()
+        await mesh_ensembles.stop()
         await close_nats(nc)
 
 

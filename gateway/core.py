@@ -135,10 +135,11 @@ class InferenceCore:
         return response
 
     async def stream_infer(
-        self, model: str, version: str, call: InferCall
+        self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
     ) -> AsyncGenerator[tuple[ModelView, mesh_pb2.InferResponse], None]:
         """A decoupled model's responses to one request, as they come; the last one is final
-        (``more`` false).  An error ends the stream (raised after the responses before it)."""
+        (``more`` false).  An error ends the stream (raised after the responses before it).  A
+        decoupled ensemble's responses come from its pipeline (``gateway/ensemble.py``)."""
         view = self.models.ready_view(model, version)
         limits = self.settings.limits
         start = time.perf_counter_ns()
@@ -152,7 +153,17 @@ class InferenceCore:
                     limits.max_message_bytes,
                     self.settings.request_limits,
                 )
-                async for response in self._dispatcher.stream(prepared.message, prepared.timeout_s):
+                timeout_s = (
+                    prepared.timeout_s
+                    if client_timeout_s is None
+                    else min(prepared.timeout_s, client_timeout_s)
+                )
+                responses = (
+                    self._ensembles.stream(view, prepared.message, timeout_s)
+                    if view.ensemble is not None
+                    else self._dispatcher.stream(prepared.message, timeout_s)
+                )
+                async for response in responses:
                     if response.HasField("timing") and timing is None:
                         timing = response.timing
                     if response.HasField("error"):

@@ -2,43 +2,60 @@
 
 Each step is an ordinary mesh request to its model (NATS → that model's batcher → a worker), built
 and validated like a client's request to that model (``build_request``: names, datatypes, shapes,
-batch size), with the ensemble request's deadline, priority, trace id and parameters.  A step starts
-as soon as every tensor it reads exists, so independent steps run concurrently; intermediate
-tensors stay in this gateway (never sent back to the client); only the ensemble's declared outputs
-(those the client asked for) are returned.  The first step that fails fails the request: its error
-keeps its code and names the ensemble and the step model; the steps still running are cancelled
-(their replies, when they come, are dropped by the dispatcher).
+batch size), with the ensemble request's deadline, priority, trace id and parameters.  Every step
+waits for the tensors it reads and starts as soon as they exist, so independent steps run
+concurrently; intermediate tensors stay in this gateway (never sent back to the client); only the
+ensemble's declared outputs (those the client asked for) are returned.  The first step that fails
+fails the request: its error keeps its code and names the ensemble and the step model; the steps
+still running are cancelled (their replies, when they come, are dropped by the dispatcher).
+
+Decoupled steps (``meshserve/ensemble.py`` :func:`scopes_of`): each response of a decoupled step
+opens a *branch* that runs the steps of its scope with that response's tensors (and reads the
+tensors of the enclosing branches); the ensemble answers once per branch of its response scope,
+as each one's outputs are complete, and then sends its final (flag-only) response.  At most
+``max_inflight_responses`` branches of one decoupled step run at a time per request (the config's
+``ensemble_scheduling``; :data:`DEFAULT_INFLIGHT` when 0): past that the decoupled step's responses
+wait in its bounded stream inbox (a step that overflows it fails the request).
 
 Each step is counted in the step model's statistics, as Triton counts composing models; the
 ensemble request itself is counted by the caller (``InferenceCore``).
 
 With the request parameter ``meshserve_timing`` the response also carries, per step, the int64
-parameter ``meshserve_step<N>_ns``: that step's round trip as the gateway saw it (N as in the config).
+parameter ``meshserve_step<N>_ns``: that step's (first) round trip as the gateway saw it.
 
-Bounds: at most one request in flight per step (a step runs once per ensemble request); every step
-waits at most until the ensemble request's deadline; the tensors held for one request (inputs plus
-every step's outputs) are capped at ``4 x --max-message-bytes`` (beyond: RESOURCE_EXHAUSTED).
+Bounds: every step waits at most until the ensemble request's deadline, and so does the whole run;
+the tensors held for one request (inputs plus every live branch's outputs) are capped at
+``4 x --max-message-bytes`` (beyond: RESOURCE_EXHAUSTED); responses wait for the reader in a queue
+of :data:`ANSWER_QUEUE` (then the branches stop, and with them the decoupled steps' reading).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from gateway.dispatcher import Dispatcher
 from gateway.models import ModelTable, ModelView
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.validate import InferCall, InputTensor, build_request
-from meshserve.ensemble import EnsemblePlan, Step
+from meshserve.ensemble import EnsemblePlan, Scopes, Step, scopes_of
 from meshserve.errors import DeadlineExceeded, Internal, MeshError, PayloadTooLarge, Unsupported, from_wire
 from meshserve.params import param_value
 from meshserve.pb import mesh_pb2
 
-__all__ = ["POOL_FACTOR", "EnsembleRunner"]
+__all__ = ["ANSWER_QUEUE", "DEFAULT_INFLIGHT", "POOL_FACTOR", "EnsembleRunner"]
 
 POOL_FACTOR = 4
 """The tensors one ensemble request holds may reach this many times ``--max-message-bytes``."""
+DEFAULT_INFLIGHT = 16
+"""Branches of one decoupled step running at once per request, when the config sets no
+``max_inflight_responses``."""
+_GRACE_S = 0.25
+ANSWER_QUEUE = 16
+"""Responses of one decoupled ensemble request waiting for their reader."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +65,25 @@ class _Held:
     datatype: str
     shape: tuple[int, ...]
     data: bytes
+
+
+@dataclass(slots=True)
+class _Branch:
+    """One run of a scope: the tensors its steps produce (None: a step left an optional output out)."""
+
+    scope: int
+    parent: _Branch | None
+    tensors: dict[str, asyncio.Future[_Held | None]] = field(default_factory=dict)
+    held: int = 0
+
+    def find(self, tensor: str) -> asyncio.Future[_Held | None] | None:
+        branch: _Branch | None = self
+        while branch is not None:
+            found = branch.tensors.get(tensor)
+            if found is not None:
+                return found
+            branch = branch.parent
+        return None
 
 
 class EnsembleRunner:
@@ -62,89 +98,122 @@ class EnsembleRunner:
     async def run(
         self, view: ModelView, request: mesh_pb2.InferRequest, timeout_s: float, step_timing: bool = False
     ) -> mesh_pb2.InferResponse:
-        """The ensemble's response to ``request`` (already validated against the ensemble's inputs)."""
+        """The response of a (non-decoupled) ensemble to ``request`` (already validated against the
+        ensemble's inputs)."""
+        answers: list[mesh_pb2.InferResponse] = []
+        async with aclosing(self.stream(view, request, timeout_s, step_timing)) as responses:
+            async for response in responses:
+                if response.more:
+                    answers.append(response)
+                    continue
+                if len(answers) != 1:
+                    raise Unsupported(
+                        f"ensemble '{view.name}' sent {len(answers)} responses to one request (it has a "
+                        "decoupled step): call it with the streaming API (gRPC ModelStreamInfer)"
+                    )
+                answer = answers[0]
+                answer.more = False
+                answer.parameters.MergeFrom(response.parameters)
+                return answer
+        raise Internal(f"ensemble '{view.name}' ended without its final response")
+
+    async def stream(
+        self, view: ModelView, request: mesh_pb2.InferRequest, timeout_s: float, step_timing: bool = False
+    ) -> AsyncGenerator[mesh_pb2.InferResponse, None]:
+        """Every response of the ensemble (``more`` set) as it is complete, then the final flag-only
+        one (``more`` unset; with the step timings when asked)."""
         plan = view.ensemble
         if plan is None:
             raise Internal(f"model '{view.name}' is not an ensemble")
-        deadline = time.monotonic() + timeout_s
-        pool = {t.name: _Held(t.datatype, tuple(t.shape), t.data) for t in request.inputs}
-        budget = POOL_FACTOR * self._max_message_bytes
-        held = sum(len(t.data) for t in pool.values())
-        will_exist = set(pool) | {tensor for step in plan.steps for _, tensor in step.outputs}
-        waiting = list(plan.steps)
-        running: dict[asyncio.Task[dict[str, _Held]], Step] = {}
-        finished: list[asyncio.Task[dict[str, _Held]]] = []
-        started: dict[int, int] = {}
-        took: dict[int, int] = {}
+        scopes = scopes_of(plan, self._decoupled_steps(plan))
+        if isinstance(scopes, str):
+            raise Unsupported(scopes)
+        inflight = view.config.ensemble_scheduling.max_inflight_responses or DEFAULT_INFLIGHT
+        run = _Run(self, view, plan, scopes, request, timeout_s, inflight)
+        task = asyncio.create_task(run.main())
         try:
-            while waiting or running:
-                for step in [s for s in waiting if _can_start(s, pool, will_exist)]:
-                    waiting.remove(step)
-                    task = asyncio.create_task(self._call_step(plan, step, request, pool, deadline))
-                    running[task] = step
-                    started[step.index] = time.perf_counter_ns()
-                if not running:
-                    names = ", ".join(s.label for s in waiting)
-                    raise Internal(f"ensemble '{plan.name}': {names} can never start (inputs missing)")
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                finished.extend(done)
-                for task in done:
-                    step = running.pop(task)
-                    took[step.index] = time.perf_counter_ns() - started[step.index]
-                    for output, tensor in step.outputs:
-                        produced = task.result().get(output)
-                        if produced is None:
-                            will_exist.discard(tensor)
-                            continue
-                        held += len(produced.data)
-                        if held > budget:
-                            raise PayloadTooLarge(
-                                f"ensemble '{plan.name}': the tensors of one request passed {budget} bytes "
-                                f"at {step.label} ({POOL_FACTOR} x --max-message-bytes)"
-                            )
-                        pool[tensor] = produced
+            while (answer := await run.answers.get()) is not None:
+                yield answer
+            await task
         finally:
-            for task in running:
+            if not task.done():
                 task.cancel()
-            # every step's outcome is collected (a second step failing with the first is not logged
-            # as "exception never retrieved")
-            await asyncio.gather(*running, *finished, return_exceptions=True)
-        response = _response(view, plan, request, pool)
+            await asyncio.gather(task, return_exceptions=True)
+        final = mesh_pb2.InferResponse(request_id=request.request_id, model_name=view.name)
+        final.model_version = view.version
         if step_timing:
-            for index, ns in sorted(took.items()):
-                response.parameters[f"meshserve_step{index}_ns"].int64_param = ns
-        return response
+            for index, ns in sorted(run.took.items()):
+                final.parameters[f"meshserve_step{index}_ns"].int64_param = ns
+        yield final
 
-    async def _call_step(
+    def _decoupled_steps(self, plan: EnsemblePlan) -> frozenset[int]:
+        found = set()
+        for step in plan.steps:
+            try:
+                if self._models.find(step.model, str(step.version) if step.version > 0 else "").decoupled:
+                    found.add(step.index)
+            except MeshError:
+                continue  # the step itself reports it when it starts
+        return frozenset(found)
+
+    # -- one step -------------------------------------------------------------------------------------
+    def prepare(
         self,
         plan: EnsemblePlan,
         step: Step,
         request: mesh_pb2.InferRequest,
-        pool: dict[str, _Held],
+        tensors: dict[str, _Held],
         deadline: float,
-    ) -> dict[str, _Held]:
+    ) -> tuple[ModelView, mesh_pb2.InferRequest, float]:
+        """The step model's READY view and the step's request, checked like a client's would be."""
         where = f"in ensemble '{plan.name}', {step.label}"
         try:
             step_view = self._models.ready_view(step.model, str(step.version) if step.version > 0 else "")
-            if step_view.decoupled:
-                raise Unsupported("the model is decoupled, which ensembles do not support")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded("Request timeout expired before the step could start")
-            message = self._step_request(step, step_view, request, pool, remaining)
+            call = InferCall(
+                request_id=request.request_id,
+                inputs=[
+                    InputTensor(name, held.datatype, list(held.shape), held.data)
+                    for name, tensor in step.inputs
+                    if (held := tensors.get(tensor)) is not None
+                ],
+                outputs=[output for output, _ in step.outputs],
+                parameters={key: param_value(p) for key, p in request.parameters.items()},
+            )
+            message = build_request(call, step_view, remaining, self._max_message_bytes).message
         except MeshError as exc:
             raise from_wire(exc.code, f"{where}: {exc.message}") from None
+        message.deadline_unix_ns = request.deadline_unix_ns
+        message.priority = request.priority
+        message.timeout_us = request.timeout_us
+        message.trace_id = request.trace_id
+        return step_view, message, remaining
+
+    async def call(
+        self, where: str, step_view: ModelView, message: mesh_pb2.InferRequest, remaining: float
+    ) -> AsyncGenerator[dict[str, _Held], None]:
+        """The step's outputs: once for a regular step, once per response for a decoupled one."""
         start = time.perf_counter_ns()
+        timing: mesh_pb2.Timing | None = None
         with self._stats.in_flight(step_view.name, step_view.version):
             try:
-                if step_view.ensemble is not None:  # a nested ensemble runs here too
-                    response = await self.run(step_view, message, remaining)
-                else:
-                    response = await self._dispatcher.infer(message, remaining)
+                async for response in self._responses(step_view, message, remaining):
+                    if response.HasField("timing") and timing is None:
+                        timing = response.timing
+                    if response.HasField("error"):
+                        error = from_wire(response.error.code, response.error.message)
+                        self._record_failure(step_view, start, error, timing, from_mesh=True)
+                        raise from_wire(error.code, f"{where}: {error.message}")
+                    if response.outputs or not step_view.decoupled:
+                        yield {t.name: _Held(t.datatype, tuple(t.shape), t.data) for t in response.outputs}
             except MeshError as exc:
-                self._record_failure(step_view, start, exc, None, from_mesh=False)
-                raise from_wire(exc.code, f"{where}: {exc.message}") from None
-            except asyncio.CancelledError:
+                if not exc.message.startswith(where):
+                    self._record_failure(step_view, start, exc, None, from_mesh=False)
+                    raise from_wire(exc.code, f"{where}: {exc.message}") from None
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
                 self._stats.record_failure(
                     step_view.name,
                     step_view.version,
@@ -152,41 +221,30 @@ class EnsembleRunner:
                     FailureReason.CANCELED,
                 )
                 raise
-        timing = response.timing if response.HasField("timing") else None
-        if response.HasField("error"):
-            error = from_wire(response.error.code, response.error.message)
-            self._record_failure(step_view, start, error, timing, from_mesh=True)
-            raise from_wire(error.code, f"{where}: {error.message}")
+        batch = 0 if step_view.decoupled else message.batch_size
         self._stats.record_success(
-            step_view.name, step_view.version, time.perf_counter_ns() - start, message.batch_size, timing
+            step_view.name, step_view.version, time.perf_counter_ns() - start, batch, timing
         )
-        return {t.name: _Held(t.datatype, tuple(t.shape), t.data) for t in response.outputs}
 
-    def _step_request(
-        self,
-        step: Step,
-        step_view: ModelView,
-        request: mesh_pb2.InferRequest,
-        pool: dict[str, _Held],
-        remaining_s: float,
-    ) -> mesh_pb2.InferRequest:
-        """The step's request, checked against the step model like a client's request would be."""
-        call = InferCall(
-            request_id=request.request_id,
-            inputs=[
-                InputTensor(name, pool[tensor].datatype, list(pool[tensor].shape), pool[tensor].data)
-                for name, tensor in step.inputs
-                if tensor in pool
-            ],
-            outputs=[output for output, _ in step.outputs],
-            parameters={key: param_value(p) for key, p in request.parameters.items()},
-        )
-        message = build_request(call, step_view, remaining_s, self._max_message_bytes).message
-        message.deadline_unix_ns = request.deadline_unix_ns
-        message.priority = request.priority
-        message.timeout_us = request.timeout_us
-        message.trace_id = request.trace_id
-        return message
+    async def _responses(
+        self, step_view: ModelView, message: mesh_pb2.InferRequest, remaining: float
+    ) -> AsyncGenerator[mesh_pb2.InferResponse, None]:
+        if step_view.ensemble is not None:  # a nested ensemble runs here too
+            if step_view.decoupled:
+                async with aclosing(self.stream(step_view, message, remaining)) as nested:
+                    async for response in nested:
+                        yield response
+            else:
+                yield await self.run(step_view, message, remaining)
+        elif step_view.decoupled:
+            responses = self._dispatcher.stream(message, remaining)
+            try:
+                async for response in responses:
+                    yield response
+            finally:
+                await _close(responses)
+        else:
+            yield await self._dispatcher.infer(message, remaining)
 
     def _record_failure(
         self,
@@ -200,23 +258,159 @@ class EnsembleRunner:
         self._stats.record_failure(view.name, view.version, time.perf_counter_ns() - start, reason, timing)
 
 
-def _can_start(step: Step, pool: dict[str, _Held], will_exist: set[str]) -> bool:
-    """Every tensor the step reads is there (a tensor no step produced after all is left out: the
-    step's own validation then names a missing required input)."""
-    return all(tensor in pool for _, tensor in step.inputs if tensor in will_exist)
+class _Run:
+    """One ensemble request: its branches, their steps, its answers."""
 
+    def __init__(
+        self,
+        runner: EnsembleRunner,
+        view: ModelView,
+        plan: EnsemblePlan,
+        scopes: Scopes,
+        request: mesh_pb2.InferRequest,
+        timeout_s: float,
+        inflight: int,
+    ) -> None:
+        self.runner = runner
+        self.view = view
+        self.plan = plan
+        self.scopes = scopes
+        self.request = request
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.inflight = inflight
+        self.budget = POOL_FACTOR * runner._max_message_bytes
+        self.held = 0
+        self.took: dict[int, int] = {}
+        self.answers: asyncio.Queue[mesh_pb2.InferResponse | None] = asyncio.Queue(ANSWER_QUEUE)
+        self.wanted = list(request.requested_outputs) or list(plan.outputs)
 
-def _response(
-    view: ModelView, plan: EnsemblePlan, request: mesh_pb2.InferRequest, pool: dict[str, _Held]
-) -> mesh_pb2.InferResponse:
-    response = mesh_pb2.InferResponse(
-        request_id=request.request_id, model_name=view.name, model_version=view.version
-    )
-    for name in list(request.requested_outputs) or list(plan.outputs):
-        held = pool.get(name)
-        if held is None:
-            raise Internal(f"ensemble '{plan.name}': no step produced output '{name}'")
-        response.outputs.append(
-            mesh_pb2.Tensor(name=name, datatype=held.datatype, shape=held.shape, data=held.data)
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        root = _Branch(scope=0, parent=None)
+        for tensor in self.request.inputs:
+            future: asyncio.Future[_Held | None] = loop.create_future()
+            future.set_result(_Held(tensor.datatype, tuple(tensor.shape), tensor.data))
+            root.tensors[tensor.name] = future
+            self.held += len(tensor.data)
+        try:
+            # a little after the steps' own deadlines, so that a step's error (naming it) comes first
+            async with asyncio.timeout(max(0.0, self.timeout_s) + _GRACE_S):
+                await self._branch(root)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"Request timeout expired: ensemble '{self.plan.name}' did not finish within "
+                f"{self.timeout_s:g} s"
+            ) from None
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+        finally:
+            await self.answers.put(None)
+
+    async def _branch(self, branch: _Branch) -> None:
+        """Run every step of ``branch``'s scope (and answer, in the response scope)."""
+        loop = asyncio.get_running_loop()
+        mine = [s for s in self.plan.steps if self.scopes.of_step[s.index] == branch.scope]
+        for step in mine:
+            for _, tensor in step.outputs:
+                branch.tensors[tensor] = loop.create_future()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for step in mine:
+                    tg.create_task(self._step(branch, step, tg))
+                if self.scopes.response == branch.scope:
+                    tg.create_task(self._answer(branch))
+        finally:
+            if branch.parent is not None:
+                self.held -= branch.held
+
+    async def _inputs(self, branch: _Branch, step: Step) -> dict[str, _Held]:
+        found: dict[str, _Held] = {}
+        for _, tensor in step.inputs:
+            future = branch.find(tensor)
+            held = await future if future is not None else None
+            if held is not None:
+                found[tensor] = held
+        return found
+
+    async def _step(self, branch: _Branch, step: Step, tg: asyncio.TaskGroup) -> None:
+        tensors = await self._inputs(branch, step)
+        step_view, message, remaining = self.runner.prepare(
+            self.plan, step, self.request, tensors, self.deadline
         )
-    return response
+        where = f"in ensemble '{self.plan.name}', {step.label}"
+        decoupled = step.index in self.scopes.parent
+        slots = asyncio.Semaphore(self.inflight)
+        started = time.perf_counter_ns()
+        async with aclosing(self.runner.call(where, step_view, message, remaining)) as outputs:
+            async for produced in outputs:
+                self.took.setdefault(step.index, time.perf_counter_ns() - started)
+                if not decoupled:
+                    self._keep(branch, step, produced)
+                    continue
+                await slots.acquire()
+                child = _Branch(scope=step.index, parent=branch)
+                self._keep(child, step, produced)
+                tg.create_task(self._child(child, slots))
+        if not decoupled:
+            for _, tensor in step.outputs:  # an optional output the step left out
+                if not branch.tensors[tensor].done():
+                    branch.tensors[tensor].set_result(None)
+
+    async def _child(self, child: _Branch, slots: asyncio.Semaphore) -> None:
+        try:
+            await self._branch(child)
+        finally:
+            slots.release()
+
+    def _keep(self, branch: _Branch, step: Step, produced: dict[str, _Held]) -> None:
+        loop = asyncio.get_running_loop()
+        for output, tensor in step.outputs:
+            held = produced.get(output)
+            if held is not None:
+                self.held += len(held.data)
+                branch.held += len(held.data)
+                if self.held > self.budget:
+                    raise PayloadTooLarge(
+                        f"ensemble '{self.plan.name}': the tensors of one request passed {self.budget} "
+                        f"bytes at {step.label} ({POOL_FACTOR} x --max-message-bytes)"
+                    )
+            future = branch.tensors.get(tensor)
+            if future is None or future.done():
+                future = branch.tensors[tensor] = loop.create_future()
+            future.set_result(held)
+
+    async def _answer(self, branch: _Branch) -> None:
+        response = mesh_pb2.InferResponse(
+            request_id=self.request.request_id,
+            model_name=self.view.name,
+            model_version=self.view.version,
+            more=True,
+        )
+        for name in self.wanted:
+            future = branch.find(name)
+            held = await future if future is not None else None
+            if held is None:
+                raise Internal(f"ensemble '{self.plan.name}': no step produced output '{name}'")
+            response.outputs.append(
+                mesh_pb2.Tensor(name=name, datatype=held.datatype, shape=held.shape, data=held.data)
+            )
+        await self.answers.put(response)
+
+
+async def _close(iterator: AsyncIterator[mesh_pb2.InferResponse]) -> None:
+    """End a stream now (its cleanup cancels the step's request), not when it is collected."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed run: the first step's error (a MeshError when there is one)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first(exc)
+        if isinstance(exc, MeshError):
+            return exc
+    inner = group.exceptions[0]
+    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner

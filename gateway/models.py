@@ -60,6 +60,8 @@ class ModelView:
     """Set for ``platform: "ensemble"``: no instances; its state follows its step models."""
     derived_reason: str = ""
     """An ensemble's reason, as its last state check found it."""
+    derived_decoupled: bool = False
+    """An ensemble with a decoupled step (nested ensembles included) is decoupled, as in Triton."""
 
     @property
     def max_batch_size(self) -> int:
@@ -72,7 +74,7 @@ class ModelView:
     @property
     def decoupled(self) -> bool:
         """0..N responses per request (``model_transaction_policy { decoupled: true }``)."""
-        return bool(self.config.model_transaction_policy.decoupled)
+        return bool(self.config.model_transaction_policy.decoupled) or self.derived_decoupled
 
     @classmethod
     def from_config(cls, name: str, version: int, config: mc.ModelConfig) -> ModelView:
@@ -145,7 +147,9 @@ class ModelTable:
         self._declared: dict[str, _Declared] = {}
         self._records: dict[tuple[str, int], ModelStateRecord] = {}
         """Declared states from the JetStream KV bucket (meshserve.model_states); version 0 = the model."""
-        self._signature_checks: dict[tuple[str, int], tuple[tuple[mc.ModelConfig, ...], str]] = {}
+        self._signature_checks: dict[
+            tuple[str, int], tuple[tuple[mc.ModelConfig, ...], frozenset[str], str]
+        ] = {}
         """Ensemble → (the configs checked, the problem found): re-checked when any config changes."""
 
     # -- feeding --------------------------------------------------------------------------------
@@ -237,6 +241,7 @@ class ModelTable:
         if depth > 16:
             return ModelState.UNAVAILABLE, f"ensemble '{view.name}': ensembles nested too deeply"
         configs: dict[str, mc.ModelConfig] = {}
+        decoupled: set[str] = set()
         loading = ""
         for step in plan.steps:
             try:
@@ -252,6 +257,9 @@ class ModelTable:
             if state is ModelState.LOADING:
                 loading = loading or f"{step.label} is loading"
             configs[step.model] = step_view.config
+            if step_view.decoupled:
+                decoupled.add(step.model)
+        view.derived_decoupled = bool(decoupled)
         if loading:
             return ModelState.LOADING, loading
         key = (view.name, view.version)
@@ -261,10 +269,15 @@ class ModelTable:
             cached is None
             or len(cached[0]) != len(checked)
             or any(a is not b for a, b in zip(cached[0], checked, strict=True))
+            or cached[1] != decoupled
         ):
-            cached = self._signature_checks[key] = (checked, check_signatures(view.config, configs))
-        if cached[1]:
-            return ModelState.UNAVAILABLE, cached[1]
+            cached = self._signature_checks[key] = (
+                checked,
+                frozenset(decoupled),
+                check_signatures(view.config, configs, frozenset(decoupled)),
+            )
+        if cached[2]:
+            return ModelState.UNAVAILABLE, cached[2]
         return ModelState.READY, ""
 
     def live_instances(self) -> list[tuple[str, int, int]]:

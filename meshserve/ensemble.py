@@ -15,7 +15,15 @@ Checks come in three layers, each with a message that names the step and tensor 
   ensembles do not call themselves round a loop.
 * :func:`check_signatures` — the step models' configs (known once their workers announce them, as
   ONNX models complete theirs from the graph): the inputs and outputs named exist, and datatypes and
-  shapes agree where both sides declare them.
+  shapes agree where both sides declare them; decoupled steps are wired as :func:`scopes_of` allows.
+
+Decoupled steps (0..N responses per request).  Each response of a decoupled step D runs the steps
+that read D's outputs (directly or through other steps) once more, with that response's tensors:
+those steps are in D's *scope*.  Steps that read nothing of a decoupled step run once per request
+(scope 0).  Scopes nest (a decoupled step inside D's scope opens a scope inside it); a step that
+reads the outputs of two decoupled steps neither of which is downstream of the other has no single
+scope and is refused.  The ensemble answers once per run of its *response scope*: the deepest
+scope any of its outputs is produced in (the outputs of a decoupled step itself are in its scope).
 """
 
 from __future__ import annotations
@@ -28,12 +36,15 @@ from meshserve.pb import model_config_pb2 as mc
 __all__ = [
     "ENSEMBLE_PLATFORM",
     "EnsemblePlan",
+    "Scopes",
     "Step",
     "check_references",
     "check_signatures",
     "check_structure",
+    "decoupled_steps",
     "is_ensemble",
     "plan_of",
+    "scopes_of",
     "with_step_models",
 ]
 
@@ -59,6 +70,23 @@ class Step:
     @property
     def label(self) -> str:
         return f"step {self.index} (model '{self.model}')"
+
+
+@dataclass(frozen=True, slots=True)
+class Scopes:
+    """Where each step runs (see the module docstring): step index → the decoupled step whose each
+    response runs it, 0 for once per request."""
+
+    of_step: Mapping[int, int]
+    response: int
+    """The scope whose every run answers the client (0: one response per request)."""
+    parent: Mapping[int, int]
+    """Decoupled step index → the scope it runs in (the scope enclosing its own)."""
+
+    @property
+    def decoupled(self) -> bool:
+        """The ensemble sends 0..N responses per request (it has a decoupled step)."""
+        return bool(self.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,21 +252,77 @@ def _tensor(model: mc.ModelConfig, tensor: mc.ModelInput | mc.ModelOutput, owner
     return _Declared(tensor.data_type, shape, owner)
 
 
-def check_signatures(config: mc.ModelConfig, steps: Mapping[str, mc.ModelConfig]) -> str:
+def scopes_of(plan: EnsemblePlan, decoupled: frozenset[int]) -> Scopes | str:
+    """The scope of every step given which steps (by index) are decoupled, or why the wiring has none.
+    ``plan`` has passed :func:`check_structure` (a DAG)."""
+    where = f"ensemble '{plan.name}'"
+    producer = {tensor: step for step in plan.steps for _, tensor in step.outputs}
+    above: dict[int, frozenset[int]] = {}
+    """Step index → every decoupled step it reads from, directly or not (itself excluded)."""
+
+    def upstream(step: Step) -> frozenset[int]:
+        known = above.get(step.index)
+        if known is not None:
+            return known
+        found: set[int] = set()
+        for _, tensor in step.inputs:
+            before = producer.get(tensor)
+            if before is not None:
+                found |= upstream(before)
+                if before.index in decoupled:
+                    found.add(before.index)
+        above[step.index] = frozenset(found)
+        return above[step.index]
+
+    def deepest(chain: frozenset[int], what: str) -> int | str:
+        """The member of ``chain`` downstream of all the others (0 for none), or why there is none."""
+        for candidate in chain:
+            if chain - {candidate} <= above[candidate]:
+                return candidate
+        labels = " and ".join(plan.steps[i - 1].label for i in sorted(chain))
+        return (
+            f"{where}: {what} reads the responses of {labels}, decoupled steps neither of which follows "
+            "the other (which response would it pair?)"
+        )
+
+    of_step: dict[int, int] = {}
+    for step in plan.steps:
+        scope = deepest(upstream(step), step.label) if upstream(step) else 0
+        if isinstance(scope, str):
+            return scope
+        of_step[step.index] = scope
+    sources: set[int] = set()
+    for name in plan.outputs:
+        step = producer[name]
+        sources |= upstream(step) | ({step.index} if step.index in decoupled else set())
+    response = deepest(frozenset(sources), "the ensemble's output set") if sources else 0
+    if isinstance(response, str):
+        return response
+    return Scopes(of_step, response, {d: of_step[d] for d in decoupled})
+
+
+def check_signatures(
+    config: mc.ModelConfig,
+    steps: Mapping[str, mc.ModelConfig],
+    decoupled_models: frozenset[str] = frozenset(),
+) -> str:
     """Datatypes and shapes along every edge of the pipeline, given each step model's config (keyed by
-    model name); "" when they agree.  A decoupled step model is refused (0..N responses per step are
-    not supported)."""
+    model name); "" when they agree.  ``decoupled_models``: step models that send 0..N responses
+    besides those whose config says so (nested decoupled ensembles); their steps must be wired as
+    :func:`scopes_of` allows."""
     plan = plan_of(config)
     where = f"ensemble '{plan.name}'"
     declared: dict[str, _Declared] = {
         t.name: _tensor(config, t, f"ensemble input '{t.name}'") for t in config.input
     }
     for step in plan.steps:
-        model = steps.get(step.model)
-        if model is None:
+        if steps.get(step.model) is None:
             return f"{where}: {step.label}: the model's config is not known yet"
-        if model.model_transaction_policy.decoupled:
-            return f"{where}: {step.label} is decoupled, which ensembles do not support"
+    scopes = scopes_of(plan, decoupled_steps(plan, steps, decoupled_models))
+    if isinstance(scopes, str):
+        return scopes
+    for step in plan.steps:
+        model = steps[step.model]
         outputs = {t.name: t for t in model.output}
         for output, tensor in step.outputs:
             if output not in outputs:
@@ -259,6 +343,18 @@ def check_signatures(config: mc.ModelConfig, steps: Mapping[str, mc.ModelConfig]
         if problem:
             return f"{where}: ensemble output '{name}': {problem}"
     return ""
+
+
+def decoupled_steps(
+    plan: EnsemblePlan, steps: Mapping[str, mc.ModelConfig], decoupled_models: frozenset[str] = frozenset()
+) -> frozenset[int]:
+    """Indexes of the steps whose model sends 0..N responses per request."""
+    return frozenset(
+        step.index
+        for step in plan.steps
+        if step.model in decoupled_models
+        or (step.model in steps and steps[step.model].model_transaction_policy.decoupled)
+    )
 
 
 def _disagree(source: _Declared | None, target: _Declared) -> str:

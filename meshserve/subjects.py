@@ -8,10 +8,13 @@ from __future__ import annotations
 
 __all__ = [
     "BATCHER_QUEUE_GROUP",
+    "GATEWAY_QUEUE_GROUP",
     "PREFIX",
     "cancel",
     "cancel_all",
     "control",
+    "ensemble",
+    "ensemble_all",
     "gateway_announce",
     "gateway_stats",
     "infer",
@@ -23,6 +26,7 @@ __all__ = [
 
 PREFIX = "meshserve"
 BATCHER_QUEUE_GROUP = "meshserve-batchers"
+GATEWAY_QUEUE_GROUP = "meshserve-gateways"
 
 _UNSAFE = {".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09", "\r": "%0D", "\n": "%0A"}
 
@@ -79,3 +83,14 @@ def cancel(model_name: str, version: int) -> str:
 def cancel_all() -> str:
     """What a batcher subscribes to (every batcher, no queue group: any of them may hold the request)."""
     return f"{PREFIX}.cancel.>"
+
+
+def ensemble(model_name: str, version: int) -> str:
+    """Where a batcher passes on a request for a model it has no instance of (a BLS call to an
+    ensemble: ensembles have no batcher queue; a gateway runs their pipeline)."""
+    return f"{PREFIX}.ensemble.{model_token(model_name)}.{version}"
+
+
+def ensemble_all() -> str:
+    """What gateways subscribe to (in :data:`GATEWAY_QUEUE_GROUP`: one gateway serves each request)."""
+    return f"{PREFIX}.ensemble.>"

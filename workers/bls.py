@@ -169,7 +169,7 @@ class BlsClient:
         except nats.errors.TimeoutError:
             return self._deadline_response(message, timeout_s)
         except nats.errors.NoRespondersError:
-            return _error(message, Unavailable("no batcher is serving requests (none is subscribed on NATS)"))
+            return _error(message, _no_responders(message))
         except Exception as exc:
             return _error(message, Unavailable(f"cannot send the BLS request: {type(exc).__name__}: {exc}"))
         response = _parse(message, msg.data)
@@ -201,6 +201,9 @@ class BlsClient:
 
         async def on_reply(msg: Msg) -> None:
             if done:
+                return
+            if msg.headers and msg.headers.get("Status") == "503":
+                finish(_error(message, _no_responders(message)))
                 return
             response = _parse(message, msg.data)
             if response.more and not response.HasField("error"):
@@ -306,6 +309,15 @@ class BlsClient:
         except MeshError as exc:
             return _error_response(exc)
         return pb_utils.InferenceResponse(output_tensors=outputs, parameters=_params(response))
+
+
+def _no_responders(message: mesh_pb2.InferRequest) -> MeshError:
+    """Nobody took the request: no batcher, or (passed on by a batcher that has no instance of the
+    model, for a gateway to run it as an ensemble) no gateway."""
+    return Unavailable(
+        f"model '{message.model_name}' is not served: no batcher is subscribed on NATS, or the model has "
+        "no live instance and no gateway is there to run it as an ensemble"
+    )
 
 
 def _params(response: mesh_pb2.InferResponse) -> dict[str, Any]:

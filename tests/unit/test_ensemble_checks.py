@@ -126,12 +126,6 @@ def test_an_unread_input_and_no_steps_are_refused() -> None:
             "dims: [ 4, 2 ] } ]\noutput",
             "has shape [-1, -1], but [-1, 4, 2] is expected",
         ),
-        (
-            "second",
-            "max_batch_size: 8",
-            "max_batch_size: 8\nmodel_transaction_policy { decoupled: true }",
-            "decoupled",
-        ),
     ],
 )
 def test_signature_problems_are_named(which: str, old: str, new: str, problem: str) -> None:

@@ -13,8 +13,8 @@ class TritonPythonModel:
             call = pb_utils.InferenceRequest(
                 model_name=target,
                 model_version=int(params.get("version", -1)),
-                requested_output_names=["OUT"],
-                inputs=[pb_utils.Tensor("IN", values.reshape(1, 4))],
+                requested_output_names=[params.get("output", "OUT")],
+                inputs=[pb_utils.Tensor(params.get("input", "IN"), values.reshape(1, 4))],
                 timeout=int(params.get("timeout_us", 0)),
             )
             answer = call.exec()
@@ -22,6 +22,6 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(f"BLS call failed: {answer.error().message()}")
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
-            out = pb_utils.get_output_tensor_by_name(answer, "OUT").as_numpy().reshape(4)
+            out = pb_utils.get_output_tensor_by_name(answer, params.get("output", "OUT")).as_numpy().reshape(4)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
         return responses

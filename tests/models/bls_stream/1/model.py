@@ -9,8 +9,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            params = json.loads(request.parameters())
             call = pb_utils.InferenceRequest(
-                model_name="repeat_int32",
+                model_name=params.get("target", "repeat_int32"),
                 requested_output_names=["OUT"],
                 inputs=[
                     pb_utils.Tensor("IN", values.astype(np.int32)),
@@ -18,7 +19,7 @@ class TritonPythonModel:
                     pb_utils.Tensor("WAIT", np.zeros([1], np.uint32)),
                 ],
             )
-            if json.loads(request.parameters()).get("mode") == "async":
+            if params.get("mode") == "async":
                 streamed = await call.async_exec(decoupled=True)
             else:
                 streamed = call.exec(decoupled=True)
