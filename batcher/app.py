@@ -98,7 +98,9 @@ class Batcher:
         if item.model_version <= 0:
             error = Unavailable(f"model '{item.model_name}' is not served: no live instance of any version")
         else:
-            error = Unavailable(f"model '{item.model_name}' version {item.model_version} has no live instance")
+            error = Unavailable(
+                f"model '{item.model_name}' version {item.model_version} has no live instance"
+            )
         if not item.reply_to:
             return
         try:

@@ -40,9 +40,7 @@ def not_served(request: mesh_pb2.InferRequest) -> Unavailable:
     """The batcher's wording for a model with no live instance (callers match on it)."""
     if request.model_version <= 0:
         return Unavailable(f"model '{request.model_name}' is not served: no live instance of any version")
-    return Unavailable(
-        f"model '{request.model_name}' version {request.model_version} has no live instance"
-    )
+    return Unavailable(f"model '{request.model_name}' version {request.model_version} has no live instance")
 
 
 def call_of(request: mesh_pb2.InferRequest) -> InferCall:

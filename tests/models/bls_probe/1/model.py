@@ -22,6 +22,8 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(f"BLS call failed: {answer.error().message()}")
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
-            out = pb_utils.get_output_tensor_by_name(answer, params.get("output", "OUT")).as_numpy().reshape(4)
+            out = (
+                pb_utils.get_output_tensor_by_name(answer, params.get("output", "OUT")).as_numpy().reshape(4)
+            )
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
         return responses
