@@ -173,6 +173,12 @@ class BlsClient:
         except Exception as exc:
             return _error(message, Unavailable(f"cannot send the BLS request: {type(exc).__name__}: {exc}"))
         response = _parse(message, msg.data)
+        if (
+            response.HasField("error")
+            and message.model_name == self._caller
+            and "timeout expired" in response.error.message.lower()
+        ):  # the batcher's deadline may answer before ours: say why either way
+            response.error.message += f" ({self._calls_itself()})"
         if response.more and not response.HasField("error"):
             # the callee is decoupled: its first response came, the rest would go nowhere
             return _error(
@@ -289,11 +295,14 @@ class BlsClient:
     def _deadline_response(self, message: mesh_pb2.InferRequest, timeout_s: float) -> mesh_pb2.InferResponse:
         why = f"BLS request to model '{message.model_name}' got no response within {timeout_s:g} s"
         if message.model_name == self._caller:
-            why += (
-                f" (model '{self._caller}' called itself: only another instance of it can serve the call "
-                "while this one runs the caller's execute)"
-            )
+            why += f" ({self._calls_itself()})"
         return _error(message, DeadlineExceeded(f"Request timeout expired: {why}"))
+
+    def _calls_itself(self) -> str:
+        return (
+            f"model '{self._caller}' called itself: only another instance of it can serve the call "
+            "while this one runs the caller's execute"
+        )
 
     @staticmethod
     def _to_pb(response: mesh_pb2.InferResponse) -> pb_utils.InferenceResponse:

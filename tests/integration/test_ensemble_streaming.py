@@ -56,7 +56,7 @@ def stream(mesh: Mesh, calls: list[dict[str, Any]], count: int, timeout_s: float
 @pytest.fixture(scope="module")
 def ready(mesh: Mesh) -> Mesh:
     client = grpcclient.InferenceServerClient(mesh.grpc_url)
-    for model in ("ens_repeat", "bls_probe", "bls_stream", "ens_slow", "square_int32"):
+    for model in ("ens_repeat", "bls_probe", "bls_stream", "ens_slow"):
         assert wait_for(lambda m=model: client.is_model_ready(m), timeout_s=60), model  # type: ignore[misc]
     return mesh
 
