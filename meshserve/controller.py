@@ -92,6 +92,10 @@ class Controller:
         self._poll_interval_s = poll_interval_s
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
+        """Poll mode: one repository change set applied at a time."""
+        self._model_locks: dict[str, asyncio.Lock] = {}
+        """One load/unload of a model at a time; different models load concurrently (a slow load of
+        one does not hold up another's)."""
         self._unloaded: dict[str, ModelEntry] = {}
         self._loaded: dict[str, mc.ModelConfig | None] = {}
         """Every model this mesh serves now → its config (for ensembles' dependencies)."""
@@ -190,11 +194,10 @@ class Controller:
             )  # the gateway checked too; NATS may have other clients
             if self._mode == "poll":
                 raise Unavailable(POLL_REFUSAL)
-            async with self._lock:  # one load/unload at a time
-                if request.load:
-                    await self._load(request.model_name, request.config_json, dict(request.files))
-                else:
-                    await self._unload(request.model_name, request.unload_dependents)
+            if request.load:  # serialized per model inside (_model_lock), concurrent across models
+                await self._load(request.model_name, request.config_json, dict(request.files))
+            else:
+                await self._unload(request.model_name, request.unload_dependents)
         except MeshError as exc:
             reply.error.code, reply.error.message = exc.code, exc.message
         except Exception as exc:
@@ -236,19 +239,27 @@ class Controller:
                 return self._config_of(model)
 
             for dep in load_order(name, config_of)[:-1]:
-                if dep not in self._loaded:
-                    log.info("loading '%s', composed by '%s'", dep, name)
-                    await self._load_one(dep, None)
-            await self._load_one(name, root)
+                async with self._model_lock(dep):
+                    if dep not in self._loaded:
+                        log.info("loading '%s', composed by '%s'", dep, name)
+                        await self._load_one(dep, None)
+            async with self._model_lock(name):
+                await self._load_one(name, root)
+                old_dir = self._override_dirs.pop(name, None)
+                if root is not None:
+                    self._override_dirs[name] = root
         except BaseException:
             if root is not None:
                 shutil.rmtree(root, ignore_errors=True)
             raise
-        old_dir = self._override_dirs.pop(name, None)
-        if root is not None:
-            self._override_dirs[name] = root
         if old_dir is not None:
             shutil.rmtree(old_dir, ignore_errors=True)
+
+    def _model_lock(self, name: str) -> asyncio.Lock:
+        lock = self._model_locks.get(name)
+        if lock is None:
+            lock = self._model_locks[name] = asyncio.Lock()
+        return lock
 
     def _config_of(self, name: str) -> mc.ModelConfig | None:
         if name in self._loaded:
@@ -300,23 +311,28 @@ class Controller:
         if dependents:
             names += dependents_to_unload(name, self._loaded)
         for model in names:
-            log.info("unloading model '%s'%s", model, f" (composed by '{name}')" if model != name else "")
-            loaded = self._owner.entry(model)
-            await self._record(model, loaded.versions if loaded is not None else (), "UNLOADING")
-            await self._owner.stop_model(model)
-            self._loaded.pop(model, None)
-            override = self._override_dirs.pop(model, None)
-            if override is not None:
-                shutil.rmtree(override, ignore_errors=True)
-            marker = self._owner.read_entry(model)  # the repository's, not an override's
-            if marker is not None:
-                self._unloaded[model] = marker
-                if loaded is not None and loaded.versions != marker.versions:
-                    await self._announce_removed(model)  # the override's versions go; the repository's stay
-                await self._record(model, marker.versions, "UNAVAILABLE", UNLOADED_REASON)
-            else:  # known only from an override: nothing left to show
-                await self._announce_removed(model)
+            async with self._model_lock(model):
+                await self._unload_one(model, name)
         await self._announce_unloaded()
+
+    async def _unload_one(self, model: str, name: str) -> None:
+        """Unload one model (its lock held): the repository's "unloaded" marker stays, an override's goes."""
+        log.info("unloading model '%s'%s", model, f" (composed by '{name}')" if model != name else "")
+        loaded = self._owner.entry(model)
+        await self._record(model, loaded.versions if loaded is not None else (), "UNLOADING")
+        await self._owner.stop_model(model)
+        self._loaded.pop(model, None)
+        override = self._override_dirs.pop(model, None)
+        if override is not None:
+            shutil.rmtree(override, ignore_errors=True)
+        marker = self._owner.read_entry(model)  # the repository's, not an override's
+        if marker is not None:
+            self._unloaded[model] = marker
+            if loaded is not None and loaded.versions != marker.versions:
+                await self._announce_removed(model)  # the override's versions go; the repository's stay
+            await self._record(model, marker.versions, "UNAVAILABLE", UNLOADED_REASON)
+        else:  # known only from an override: nothing left to show
+            await self._announce_removed(model)
 
     # -- poll mode ----------------------------------------------------------------------------------
     async def _poll(self, watcher: RepositoryWatcher) -> None:

@@ -154,3 +154,58 @@ def test_an_override_model_unloaded_is_withdrawn_not_marked_unloaded(tmp_path: P
     controller._loaded["uploaded"] = None  # loaded from files only: the repository has no such model
     asyncio.run(controller._unload("uploaded"))
     assert ("uploaded", REMOVED_REASON) in nc.markers()
+
+
+class GatedOwner(FakeOwner):
+    """start_model of a model in ``gates`` waits until its gate opens; counts loads running at once."""
+
+    def __init__(self, repo: Path, configs: dict[str, str]) -> None:
+        super().__init__(repo, configs)
+        self.gates: dict[str, asyncio.Event] = {}
+        self.running_now: dict[str, int] = {}
+        self.most_at_once: dict[str, int] = {}
+
+    async def start_model(self, name: str, repository: Path | None = None) -> list[dict[str, Any]]:
+        self.running_now[name] = self.running_now.get(name, 0) + 1
+        self.most_at_once[name] = max(self.most_at_once.get(name, 0), self.running_now[name])
+        try:
+            gate = self.gates.get(name)
+            if gate is not None:
+                await gate.wait()
+            await asyncio.sleep(0.01)
+            return await super().start_model(name, repository)
+        finally:
+            self.running_now[name] -= 1
+
+
+def test_a_slow_load_does_not_hold_up_another_models_load(tmp_path: Path) -> None:
+    owner = GatedOwner(tmp_path, {"slow": PLAIN, "quick": PLAIN})
+    owner.gates["slow"] = asyncio.Event()
+    controller, _ = _controller(owner)
+
+    async def scenario() -> None:
+        slow = asyncio.create_task(controller._load("slow"))
+        await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            await controller._load("quick")  # finishes while `slow` is still loading
+        assert not slow.done()
+        owner.gates["slow"].set()
+        await slow
+
+    asyncio.run(scenario())
+    assert owner.events == ["start quick", "start slow"]
+
+
+def test_loads_of_one_model_stay_one_at_a_time(tmp_path: Path) -> None:
+    owner = GatedOwner(tmp_path, {"pipe": PIPE, "a": PLAIN, "b": PLAIN})
+    controller, _ = _controller(owner)
+
+    async def scenario() -> None:
+        # two loads of the ensemble and one of its step model, at once
+        await asyncio.gather(controller._load("pipe"), controller._load("pipe"), controller._load("a"))
+
+    asyncio.run(scenario())
+    assert max(owner.most_at_once.values()) == 1
+    assert owner.events.count("start a") == 2  # once as a step (not loaded yet), once asked for
+    assert owner.events.count("start b") == 1  # a step loaded once, not once per ensemble load
+    assert owner.events.count("start pipe") == 2
