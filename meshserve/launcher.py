@@ -22,13 +22,14 @@ from nats.aio.client import Client
 from meshserve.controller import UNLOADED_REASON, Controller
 from meshserve.ensemble import is_ensemble, with_step_models
 from meshserve.errors import InvalidArgument, ModelNotFound, Unavailable
+from meshserve.instance_delta import count_only_change, files_fingerprint, split_plan
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready, parse_ready_line
 from meshserve.messaging import connect_nats, nats_options
 from meshserve.model_states import ModelStateStore
 from meshserve.nats_server import EmbeddedNats, find_nats_server, start_nats_server
 from meshserve.pb import model_config_pb2 as mc
-from meshserve.repo_watch import snapshot
+from meshserve.repo_watch import Fingerprint, snapshot
 from meshserve.repository import ModelEntry, scan_repository
 from meshserve.security_cli import gateway_flags, nats_flags
 from meshserve.settings import UpSettings
@@ -54,6 +55,8 @@ class Child:
     process: asyncio.subprocess.Process
     ready: asyncio.Future[dict[str, Any]]
     reader: asyncio.Task[None] | None = field(default=None)
+    spec: WorkerSpec | None = None
+    """A worker's place in its model's plan (kept across instance-count-only reloads)."""
 
 
 def _gpu_count() -> int:
@@ -126,6 +129,8 @@ class Launcher:
         self._children: list[Child] = []
         self._nats: EmbeddedNats | None = None
         self._model_workers: dict[str, list[Child]] = {}
+        self._fingerprints: dict[str, Fingerprint] = {}
+        """Model → its files (config excluded) when its workers started (``instance_delta.py``)."""
         self._common: list[str] = []
         self._entries: dict[str, ModelEntry] = {}
         self._controller: Controller | None = None
@@ -301,10 +306,15 @@ class Launcher:
 
     async def _start_workers(self, entries: list[ModelEntry]) -> list[dict[str, Any]]:
         """One worker per instance of every served version of ``entries``; their ready payloads."""
+        for entry in entries:
+            self._fingerprints[entry.name] = files_fingerprint(entry.path)
+        roots = {e.name: e.path.parent for e in entries}
+        return await self._start_specs(worker_plan(entries, _gpu_count()), roots)
+
+    async def _start_specs(self, specs: list[WorkerSpec], roots: dict[str, Path]) -> list[dict[str, Any]]:
         common = self._common
         started: list[Child] = []
-        roots = {e.name: e.path.parent for e in entries}
-        for spec in worker_plan(entries, _gpu_count()):
+        for spec in specs:
             env = (
                 {"CUDA_VISIBLE_DEVICES": spec.device.split(":")[1]} if spec.device.startswith("cuda:") else {}
             )
@@ -330,6 +340,7 @@ class Launcher:
                     env,
                 )
             )
+            started[-1].spec = spec
             self._model_workers.setdefault(spec.model, []).append(started[-1])
         return await self._wait_ready(started)
 
@@ -381,6 +392,15 @@ class Launcher:
             raise ModelNotFound(f"failed to load '{name}', failed to poll from model repository")
         if entry.error:
             raise InvalidArgument(f"failed to load '{name}': {entry.error}")
+        current = self._entries.get(name)
+        if (
+            current is not None
+            and current.versions == entry.versions
+            and count_only_change(current.config, entry.config)
+            and self._fingerprints.get(name) == files_fingerprint(entry.path)
+            and all(c.spec is not None for c in self._model_workers.get(name, []))
+        ):
+            return await self._resize(entry)
         old = self._model_workers.pop(name, [])
         readies = await self._start_workers([entry])
         if old and any(r.get("state") != "READY" for r in readies):
@@ -394,6 +414,34 @@ class Launcher:
             await asyncio.sleep(1.0)
         await self._stop_children(old)
         return readies
+
+    async def _resize(self, entry: ModelEntry) -> list[dict[str, Any]]:
+        """An instance-count-only change: start the new instances, stop the ones no longer wanted; the
+        others keep serving (``meshserve/instance_delta.py``).  If a new one fails, it is stopped and
+        the model stays as it was."""
+        name = entry.name
+        workers = self._model_workers.get(name, [])
+        kept, start, stop = split_plan([c.spec for c in workers], worker_plan([entry], _gpu_count()))
+        log.info(
+            "model '%s': instance count change only: %d kept, %d to start, %d to stop",
+            name, len(kept), len(start), len(stop),
+        )  # fmt: skip
+        before = list(workers)
+        readies = await self._start_specs([s for s in start if s is not None], {name: entry.path.parent})
+        new = [c for c in self._model_workers.get(name, []) if c not in before]
+        if any(r.get("state") != "READY" for r in readies):
+            await self._stop_children(new)
+            self._model_workers[name] = before
+            return readies
+        self._entries[name] = entry
+        leaving: list[Child] = []
+        for spec in stop:
+            child = next(c for c in before if c.spec == spec and c not in leaving)
+            leaving.append(child)
+        self._model_workers[name] = [c for c in before if c not in leaving] + new
+        await self._stop_children(leaving)
+        staying = [c.ready.result() for c in before if c not in leaving and c.ready.done()]
+        return staying + readies
 
     async def _start_gateways(self, common: list[str]) -> dict[str, Any]:
         """The first gateway binds the ports (0 = free ones); the others join the same ports with
