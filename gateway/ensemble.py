@@ -13,9 +13,10 @@ Decoupled steps (``meshserve/ensemble.py`` :func:`scopes_of`): each response of 
 opens a *branch* that runs the steps of its scope with that response's tensors (and reads the
 tensors of the enclosing branches); the ensemble answers once per branch of its response scope,
 as each one's outputs are complete, and then sends its final (flag-only) response.  At most
-``max_inflight_responses`` branches of one decoupled step run at a time per request (the config's
-``ensemble_scheduling``; :data:`DEFAULT_INFLIGHT` when 0): past that the decoupled step's responses
-wait in its bounded stream inbox (a step that overflows it fails the request).
+``max_inflight_responses`` branches of one decoupled step run at a time, across all requests to the
+ensemble in this gateway (the config's ``ensemble_scheduling``, as Triton's ``max_inflight_requests``;
+:data:`DEFAULT_INFLIGHT` when 0): past that the decoupled step's responses wait in its bounded stream
+inbox (a step that overflows it fails the request).
 
 Each step is counted in the step model's statistics, as Triton counts composing models; the
 ensemble request itself is counted by the caller (``InferenceCore``).
@@ -54,7 +55,7 @@ __all__ = ["ANSWER_QUEUE", "DEFAULT_INFLIGHT", "POOL_FACTOR", "EnsembleRunner"]
 POOL_FACTOR = 4
 """The tensors one ensemble request holds may reach this many times ``--max-message-bytes``."""
 DEFAULT_INFLIGHT = 16
-"""Branches of one decoupled step running at once per request, when the config sets no
+"""Branches of one decoupled step running at once (all requests together), when the config sets no
 ``max_inflight_responses``."""
 _GRACE_S = 0.25
 ANSWER_QUEUE = 16
@@ -97,6 +98,16 @@ class EnsembleRunner:
         self._dispatcher = dispatcher
         self._stats = stats
         self._max_message_bytes = max_message_bytes
+        self._slots: dict[tuple[str, int, int, int], asyncio.Semaphore] = {}
+
+    def slots(self, view: ModelView, step: int, limit: int) -> asyncio.Semaphore:
+        """The branches of one decoupled step that may run at once, across all requests to the
+        ensemble version (Triton's ``max_inflight_requests``); a new limit (a reload) gets new slots."""
+        key = (view.name, view.version, step, limit)
+        found = self._slots.get(key)
+        if found is None:
+            found = self._slots[key] = asyncio.Semaphore(limit)
+        return found
 
     async def run(
         self, view: ModelView, request: mesh_pb2.InferRequest, timeout_s: float, step_timing: bool = False
@@ -343,7 +354,7 @@ class _Run:
         )
         where = f"in ensemble '{self.plan.name}', {step.label}"
         decoupled = step.index in self.scopes.parent
-        slots = asyncio.Semaphore(self.inflight)
+        slots = self.runner.slots(self.view, step.index, self.inflight)
         started = time.perf_counter_ns()
         async with aclosing(self.runner.call(where, step_view, message, remaining)) as outputs:
             async for produced in outputs:

@@ -145,3 +145,15 @@ def test_run_refuses_several_responses() -> None:
 
     with pytest.raises(MeshError, match="sent 2 responses"):
         asyncio.run(one())
+
+
+def test_the_in_flight_bound_holds_across_requests() -> None:
+    table, stand_in = _table(), StandIn()
+    runner = _runner(table, stand_in)
+
+    async def three() -> list[list[mesh_pb2.InferResponse]]:
+        return await asyncio.gather(*(_all(runner, table, list(range(6))) for _ in range(3)))
+
+    for responses in asyncio.run(three()):
+        assert len(responses) == 7
+    assert stand_in.dbl_most == 2  # max_inflight_responses: 2, for the three requests together
