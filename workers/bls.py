@@ -208,7 +208,8 @@ class BlsClient:
         async def on_reply(msg: Msg) -> None:
             if done:
                 return
-            if msg.headers and msg.headers.get("Status") == "503":
+            headers = getattr(msg, "headers", None)
+            if headers and headers.get("Status") == "503":  # nobody took the request (no responders)
                 finish(_error(message, _no_responders(message)))
                 return
             response = _parse(message, msg.data)

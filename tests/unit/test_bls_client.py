@@ -146,7 +146,7 @@ def test_failures_come_back_as_error_responses(worker: tuple[BlsClient, FakeNats
     assert response.has_error() and response.error().message() == "gone"
     assert response.error().code() == pb_utils.TritonError.NOT_FOUND
     nc.fail_with = nats.errors.NoRespondersError()
-    assert "no batcher is serving" in client.exec(_request(), decoupled=False).error().message()
+    assert "no batcher is subscribed on NATS" in client.exec(_request(), decoupled=False).error().message()
     nc.fail_with = nats.errors.TimeoutError()
     message = client.exec(_request(model_name="caller"), decoupled=False).error().message()
     assert "Request timeout expired" in message and "called itself" in message
