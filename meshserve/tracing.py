@@ -48,6 +48,7 @@ __all__ = [
     "enabled",
     "file_path",
     "record_span",
+    "record_step_span",
     "set_sampler",
     "setup",
     "shutdown",
@@ -300,6 +301,23 @@ def traced_stream(
             hop.end(error)
 
     return wrapper
+
+
+def record_step_span(
+    name: str,
+    traceparent: str,
+    start_unix_ns: int,
+    end_unix_ns: int,
+    attributes: Mapping[str, AttrValue],
+) -> None:
+    """A finished span of a pipeline stage's step (a micro-batch of a sharded LLM) under the context
+    of one traced request in it; nothing unless that request was sampled at the gateway."""
+    if _tracer is None or not _is_sampled(traceparent):
+        return
+    span = _tracer.start_span(
+        name, context=_context_of(traceparent), attributes=dict(attributes), start_time=start_unix_ns
+    )
+    span.end(end_time=max(end_unix_ns, start_unix_ns))
 
 
 def record_span(
