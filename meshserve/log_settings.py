@@ -109,11 +109,13 @@ class _Iso8601(logging.Formatter):
 def apply(config: LogConfig, service: str) -> None:
     """Make this process's root logger follow ``config`` (one handler: stderr, or ``log_file``
     appended — processes may share it)."""
-    handler: logging.Handler
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    failed = ""
     if config.log_file:
-        handler = logging.FileHandler(config.log_file, mode="a", encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+        try:
+            handler = logging.FileHandler(config.log_file, mode="a", encoding="utf-8")
+        except OSError as exc:  # checked at the gateway; another machine may lack the directory
+            failed = f"cannot write log_file {config.log_file} ({exc}); logging to stderr"
     pattern = f"%(asctime)s {service}[%(process)d] %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(_Iso8601(pattern) if config.log_format == "ISO8601" else logging.Formatter(pattern))
     handler.addFilter(_LevelSwitch(config))
@@ -126,4 +128,6 @@ def apply(config: LogConfig, service: str) -> None:
     root.setLevel(logging.DEBUG if config.log_verbose_level > 0 else logging.INFO)
     for noisy in ("nats", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if config.log_verbose_level >= 2 else logging.WARNING)
+    if failed:
+        logging.getLogger(__name__).error(failed)
     logging.getLogger(__name__).info("log settings applied: %s", config.as_response())

@@ -6,6 +6,7 @@ time (TraceSetting with no exporter at start).  The gateway's side is ``gateway/
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -27,7 +28,7 @@ def log_dir() -> str:
 class _Follower:
     def __init__(self, service: str) -> None:
         self.service = service
-        self.log = LogConfig()
+        self.log = LogConfig(log_verbose_level=1 if logging.getLogger().level <= logging.DEBUG else 0)
         self.trace_file = ""
 
     def on_log(self, config: LogConfig) -> None:

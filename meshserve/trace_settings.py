@@ -151,12 +151,16 @@ def confine(path: str, log_dir: str, what: str) -> str:
             f"{what} location can not be updated through network protocol unless the server runs with "
             "--log-dir DIR (files are then confined to DIR)"
         )
+    if "\x00" in path:
+        raise InvalidArgument(f"{what} {path!r} is not a valid path")
     root = Path(log_dir).resolve()
     target = (root / path).resolve()
     if target == root or root not in target.parents:
         raise InvalidArgument(f"{what} '{path}' is outside the log directory {root} (--log-dir)")
-    if "\x00" in path:
-        raise InvalidArgument(f"{what} '{path!r}' is not a valid path")
+    if not target.parent.is_dir():
+        raise InvalidArgument(f"{what} '{path}': the directory {target.parent} does not exist")
+    if target.is_dir():
+        raise InvalidArgument(f"{what} '{path}' is a directory")
     return str(target)
 
 
