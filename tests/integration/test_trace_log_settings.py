@@ -332,3 +332,61 @@ def test_bad_log_settings_are_refused(settings_mesh: tuple[Mesh, Path]) -> None:
     finally:
         client.close()
     assert _post(mesh, "/v2/logging", {})[1]["log_format"] == "default"  # nothing changed
+
+
+def test_a_gateway_started_later_picks_the_settings_up(
+    settings_mesh: tuple[Mesh, Path], tmp_path: Path
+) -> None:
+    """Settings are the mesh's, not one gateway's: a second gateway started by hand on the same NATS
+    reads them at start, and a call on it reaches the first."""
+    import subprocess
+    import sys
+    import threading
+
+    from meshserve.logs import parse_ready_line
+
+    mesh, log_dir = settings_mesh
+    first = httpclient.InferenceServerClient(mesh.http_url)
+    first.update_trace_settings(model_name="simple", settings={"trace_rate": "11"})
+    first.update_log_settings({"log_verbose_level": 2})
+    env = {**os.environ, "MESHSERVE_LOG_DIR": str(log_dir)}
+    env.pop("MESHSERVE_TRACING", None)
+    second = subprocess.Popen(
+        [sys.executable, "-m", "meshserve.cli", "gateway", "--nats-url", mesh.nats_url, "--http-port", "0",
+         "--grpc-port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=(tmp_path / "second.log").open("w"), text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    ready: dict[str, Any] = {}
+
+    def read() -> None:
+        assert second.stdout is not None
+        for line in second.stdout:
+            ready.update(parse_ready_line(line) or {})
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert wait_for(lambda: "http_port" in ready, timeout_s=60), (tmp_path / "second.log").read_text()[
+            -2000:
+        ]
+        other = httpclient.InferenceServerClient(f"127.0.0.1:{ready['http_port']}")
+
+        def model_rate() -> str:
+            try:
+                return str(other.get_trace_settings(model_name="simple")["trace_rate"])
+            except InferenceServerException:  # it learns the models from NATS a moment after it is up
+                return ""
+
+        assert wait_for(lambda: model_rate() == "11", timeout_s=20), model_rate()
+        assert other.get_log_settings()["log_verbose_level"] == 2
+        other.update_trace_settings(settings={"trace_count": "77"})
+        assert wait_for(lambda: first.get_trace_settings()["trace_count"] == "77", timeout_s=10)
+        other.close()
+    finally:
+        second.terminate()
+        second.wait(30)
+        first.update_trace_settings(model_name="simple", settings={"trace_rate": None})
+        first.update_trace_settings(settings={"trace_count": None})
+        first.update_log_settings({"log_verbose_level": 0})
+        first.close()
+    assert second.returncode == 0
