@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from meshserve.errors import Unavailable
 from meshserve.log_settings import LogConfig
 from meshserve.model_states import _escape, _unescape
 
@@ -86,18 +87,25 @@ class SettingsStore:
         return cls(kv)
 
     async def put_trace(self, model: str, overrides: dict[str, Any]) -> int:
-        """Write (or, when empty, delete) one scope's overrides; the KV revision (0 on a delete)."""
+        """Write (or, when empty, delete) one scope's overrides; the KV revision (0 on a delete).
+        Unavailable when NATS does not take it: the setting would hold for one gateway only."""
         key = trace_key(model)
-        if not overrides:
-            try:
-                await self._kv.delete(key)
-            except KeyNotFoundError:
-                pass
-            return 0
-        return int(await self._kv.put(key, encode_trace(overrides)))
+        try:
+            if not overrides:
+                try:
+                    await self._kv.delete(key)
+                except KeyNotFoundError:
+                    pass
+                return 0
+            return int(await self._kv.put(key, encode_trace(overrides)))
+        except Exception as exc:
+            raise Unavailable(f"the trace setting cannot be shared with the mesh over NATS: {exc}") from exc
 
     async def put_log(self, config: LogConfig) -> int:
-        return int(await self._kv.put(_LOG, config.to_json()))
+        try:
+            return int(await self._kv.put(_LOG, config.to_json()))
+        except Exception as exc:
+            raise Unavailable(f"the log setting cannot be shared with the mesh over NATS: {exc}") from exc
 
     async def watch(self, on_trace: TraceCallback | None, on_log: LogCallback | None) -> None:
         """Feed current and future values to the callbacks until cancelled (a callback that raises is
