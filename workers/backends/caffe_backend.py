@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -52,7 +53,7 @@ def import_cv2() -> Any:
     """OpenCV, or Unavailable saying how to install it (also when the installed one has no Caffe
     importer, as OpenCV 5 does not)."""
     try:
-        import cv2
+        cv2: Any = importlib.import_module("cv2")  # by name: mypy needs no OpenCV where it is absent
     except ImportError as exc:
         raise Unavailable(f"{INSTALL_HINT} ({exc})") from None
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
