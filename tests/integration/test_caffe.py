@@ -40,7 +40,6 @@ def caffe_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     base = tmp_path_factory.mktemp("caffe")
     repository = base / "models"
     repository.mkdir()
-    shutil.copytree(ROOT / "examples" / "model_repository" / "simple", repository / "simple")
     example_config = (EXAMPLE / "config.pbtxt").read_text()
     _copy(repository, "lenet_caffe", example_config)
     _copy(repository, "lenet_caffe_auto", None)  # no config.pbtxt: completed from the prototxt
@@ -159,18 +158,10 @@ def test_broken_models_are_unavailable_with_the_reason_and_the_rest_serve(
         for m in httpclient.InferenceServerClient(caffe_mesh.http_url).get_model_repository_index()
     }
     assert index[model]["state"] == "UNAVAILABLE" and reason in index[model]["reason"]
-    assert index["lenet_caffe"]["state"] == "READY" and index["simple"]["state"] == "READY"
+    assert index["lenet_caffe"]["state"] == "READY" and index["lenet_caffe_auto"]["state"] == "READY"
     tensor = grpcclient.InferInput("data", [1, 1, 28, 28], "FP32")
     tensor.set_data_from_numpy(images(1))
     assert client.infer("lenet_caffe", [tensor]).as_numpy("prob").shape == (1, 10)
-    a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    inputs = [
-        grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-        grpcclient.InferInput("INPUT1", [1, 16], "INT32"),
-    ]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(a)
-    np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), a * 2)
 
 
 def test_bad_requests_get_invalid_argument(caffe_mesh: Mesh) -> None:
