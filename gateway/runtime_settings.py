@@ -116,7 +116,7 @@ class RuntimeSettings:
         path = self.trace.global_config().file
         if not path and not tracing.enabled() and log_dir():
             path = os.path.join(log_dir(), DEFAULT_TRACE_FILE)
-            self.trace.defaults = self.trace.defaults.with_update({"trace_file": path})
+            self.trace.set_defaults(self.trace.defaults.with_update({"trace_file": path}))
         if path and path != tracing.file_path() and (tracing.file_path() or not tracing.enabled()):
             tracing.start_file(path, self._service)
 

@@ -179,18 +179,30 @@ class TraceBook:
     model_overrides: dict[str, Update] = field(default_factory=dict)
     _counters: dict[str, _Counter] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _effective: dict[str, TraceConfig] = field(default_factory=dict)
+    """Cache of :meth:`effective` (every request asks; settings change rarely)."""
 
     def global_config(self) -> TraceConfig:
-        return self.defaults.with_update(self.global_overrides)
+        return self.effective("")
 
     def effective(self, model: str = "") -> TraceConfig:
-        config = self.global_config()
-        return config.with_update(self.model_overrides.get(model, {})) if model else config
+        config = self._effective.get(model)
+        if config is None:
+            config = self.defaults.with_update(self.global_overrides)
+            if model:
+                config = config.with_update(self.model_overrides.get(model, {}))
+            self._effective[model] = config
+        return config
+
+    def set_defaults(self, defaults: TraceConfig) -> None:
+        self.defaults = defaults
+        self._effective.clear()
 
     def set_global(self, overrides: Update) -> None:
         """Replace the global overrides (what the shared store holds); counters of the scopes that
         follow the global count or rate start over."""
         self.global_overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._effective.clear()
         with self._lock:
             self._counters.pop("", None)
             for model in list(self._counters):
@@ -203,6 +215,7 @@ class TraceBook:
             self.model_overrides[model] = kept
         else:
             self.model_overrides.pop(model, None)
+        self._effective.clear()
         with self._lock:
             self._counters.pop(model, None)
 
