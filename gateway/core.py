@@ -24,7 +24,7 @@ from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
 from meshserve import __version__
-from meshserve.errors import InvalidArgument, MeshError, from_wire
+from meshserve.errors import MeshError, Unsupported, from_wire
 from meshserve.pb import mesh_pb2
 from meshserve.security import check_model_name
 from meshserve.settings import GatewaySettings
@@ -67,13 +67,21 @@ class InferenceCore:
         """Set by the gateway process: TraceSetting / LogSettings (``gateway/runtime_settings.py``)."""
 
     async def infer(
-        self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
+        self,
+        model: str,
+        version: str,
+        call: InferCall,
+        client_timeout_s: float | None = None,
+        api: str = "ModelInfer RPC",
     ) -> InferOutcome:
+        """One request, one response.  A decoupled model (a decoupled ensemble too) is refused with
+        Triton's UNSUPPORTED and its wording, ``api`` naming the endpoint as Triton does."""
         view = self.models.ready_view(model, version)
         if view.decoupled:
-            raise InvalidArgument(
-                f"model '{view.name}' is decoupled (0..N responses per request): call it with the "
-                "streaming API (gRPC ModelStreamInfer) instead"
+            raise Unsupported(
+                f"{api} doesn't support models with decoupled transaction policy (model '{view.name}' "
+                "sends 0..N responses per request: call it with gRPC ModelStreamInfer or HTTP "
+                "generate_stream)"
             )
         start = time.perf_counter_ns()
         with self.stats.in_flight(view.name, view.version):

@@ -173,7 +173,7 @@ def build_app(core: InferenceCore) -> web.Application:
         view = core.models.ready_view(model, version(request))
         body = await request.read()
         decoded = decode_infer(body, request.headers.get(HEADER_LENGTH), view, core.settings.request_limits)
-        outcome = await core.infer(model, version(request), decoded.call)
+        outcome = await core.infer(model, version(request), decoded.call, api="HTTP end point")
         payload, header_length = encode_infer(outcome.response, outcome.view.version, decoded)
         if header_length is None:
             response = web.Response(body=payload, content_type="application/json")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from meshserve.harness import Mesh, wait_for
@@ -96,7 +97,18 @@ def test_a_decoupled_ensemble_is_decoupled_for_every_api(ready: Mesh) -> None:
     client = grpcclient.InferenceServerClient(ready.grpc_url)
     with pytest.raises(InferenceServerException) as info:
         client.infer("ens_repeat", repeat_inputs([1]))
-    assert "decoupled" in info.value.message()
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "ModelInfer RPC doesn't support models with decoupled transaction policy" in info.value.message()
+    http = httpclient.InferenceServerClient(ready.http_url)
+    http_inputs = [httpclient.InferInput("IN", [1], "INT32"), httpclient.InferInput("DELAY", [1], "UINT32")]
+    http_inputs.append(httpclient.InferInput("WAIT", [1], "UINT32"))
+    http_inputs[0].set_data_from_numpy(np.ones(1, np.int32))
+    for tensor in http_inputs[1:]:
+        tensor.set_data_from_numpy(np.zeros(1, np.uint32))
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("ens_repeat", http_inputs)
+    assert info.value.status() == "501"
+    assert "HTTP end point doesn't support models with decoupled transaction policy" in info.value.message()
     # HTTP generate_stream: one server-sent event per response
     body = json.dumps({"IN": [4, 5], "DELAY": [0, 0], "WAIT": [0]}).encode()
     request = urllib.request.Request(
