@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from meshserve.errors import Internal, InvalidArgument, MeshError
+from meshserve.errors import Internal, InvalidArgument
 from meshserve.model_config import needs_auto_complete
 from meshserve.pb import model_config_pb2 as mc
 from workers.backends.base import LoadContext, Request, Result
@@ -37,6 +37,7 @@ from workers.backends.onnxruntime_config import (
     complete_from_graph,
     config_type_of,
 )
+from workers.backends.stacking import execute_stacked
 
 log = logging.getLogger(__name__)
 
@@ -201,51 +202,19 @@ class OnnxRuntimeBackend:
 
     # -- execute -------------------------------------------------------------------------------------
     def execute(self, requests: list[Request]) -> list[Result]:
-        if self._batching and len(requests) > 1:
-            try:
-                return self._run_stacked(requests)
-            except MeshError as exc:
-                return [Result(error=exc) for _ in requests]
-        return [self._run_one(request) for request in requests]
+        return execute_stacked(requests, self._run_shaped, [t.name for t in self._inputs], self._batching)
 
     def unload(self) -> None:
         self._session = None
         self._path = None
 
-    def _run_one(self, request: Request) -> Result:
-        rows = self._rows(request) if self._batching else 0
-        try:
-            feed = {t.name: self._shape_in(t, request.inputs[t.name], rows) for t in self._inputs}
-            outputs = self._run(feed)
-            shaped = {
-                t.name: self._shape_out(t, out, rows) for t, out in zip(self._outputs, outputs, strict=True)
-            }
-        except MeshError as exc:
-            return Result(error=exc)
-        return Result(outputs=_select(shaped, request))
-
-    def _run_stacked(self, requests: list[Request]) -> list[Result]:
-        counts = [self._rows(r) for r in requests]
-        total = sum(counts)
-        feed = {
-            t.name: self._shape_in(t, np.concatenate([r.inputs[t.name] for r in requests], axis=0), total)
-            for t in self._inputs
+    def _run_shaped(self, inputs: dict[str, NDArray[Any]], rows: int) -> dict[str, NDArray[Any]]:
+        """One ``session.run``: inputs reshaped in, outputs checked for ``rows`` and reshaped out."""
+        feed = {t.name: self._shape_in(t, inputs[t.name], rows) for t in self._inputs}
+        return {
+            t.name: self._shape_out(t, out, rows)
+            for t, out in zip(self._outputs, self._run(feed), strict=True)
         }
-        outputs = [
-            self._shape_out(t, out, total) for t, out in zip(self._outputs, self._run(feed), strict=True)
-        ]
-        results = []
-        start = 0
-        for request, rows in zip(requests, counts, strict=True):
-            sliced = {
-                t.name: out[start : start + rows] for t, out in zip(self._outputs, outputs, strict=True)
-            }
-            results.append(Result(outputs=_select(sliced, request)))
-            start += rows
-        return results
-
-    def _rows(self, request: Request) -> int:
-        return request.batch_size or int(request.inputs[self._inputs[0].name].shape[0])
 
     def _run(self, feed: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
         try:
@@ -275,9 +244,3 @@ class OnnxRuntimeBackend:
             return array.reshape(shape)
         except ValueError as exc:
             raise Internal(f"output '{tensor.name}' of shape {array.shape} cannot take dims {shape}") from exc
-
-
-def _select(outputs: dict[str, NDArray[Any]], request: Request) -> dict[str, NDArray[Any]]:
-    if not request.requested_outputs:
-        return outputs
-    return {name: outputs[name] for name in request.requested_outputs if name in outputs}
