@@ -6,6 +6,9 @@ the number of batch rows (0 when the model does not batch).  With ``max_batch_si
 than one request, the requests' inputs are concatenated on dimension 0, run once, and each output is
 sliced back to each request's rows; an error of that one call (a ``MeshError``) answers every
 request of the batch.  Otherwise each request runs alone and gets its own error.
+
+``ConfigTensor`` applies a config tensor's ``reshape`` on the way in and its ``dims`` on the way
+out, and checks that an output has one row per batch row.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from meshserve.errors import MeshError
+from meshserve.errors import Internal, MeshError
+from meshserve.pb import model_config_pb2 as mc
 from workers.backends.base import Request, Result
 
-__all__ = ["RunFn", "execute_stacked", "rows_of", "select_outputs"]
+__all__ = ["ConfigTensor", "RunFn", "execute_stacked", "rows_of", "select_outputs"]
 
 RunFn = Callable[[dict[str, NDArray[Any]], int], dict[str, NDArray[Any]]]
 """``run(inputs by config name, batch rows or 0) -> outputs by config name``; raises ``MeshError``."""
@@ -69,3 +73,34 @@ def _run_stacked(requests: list[Request], run: RunFn, input_names: Sequence[str]
         results.append(Result(outputs=select_outputs(sliced, request)))
         start += rows
     return results
+
+
+class ConfigTensor:
+    """One config input or output as a backend feeds or reads it: its name, ``dims`` and ``reshape``."""
+
+    __slots__ = ("dims", "name", "reshape")
+
+    def __init__(self, io: mc.ModelInput | mc.ModelOutput) -> None:
+        self.name = io.name
+        self.dims = tuple(io.dims)
+        self.reshape = tuple(io.reshape.shape) if io.HasField("reshape") else None
+
+    def shape_in(self, array: NDArray[Any], rows: int) -> NDArray[Any]:
+        """The array as the model takes it: reshaped to ``reshape`` (after the rows), contiguous."""
+        if self.reshape is not None:
+            shape = (rows, *self.reshape) if rows else self.reshape
+            array = array.reshape(shape)
+        return np.ascontiguousarray(array)
+
+    def shape_out(self, array: NDArray[Any], rows: int) -> NDArray[Any]:
+        """The model's output as the config declares it; ``Internal`` when it lacks the batch rows."""
+        if rows and (array.ndim == 0 or array.shape[0] != rows):
+            got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+            raise Internal(f"output '{self.name}' has {got} for a batch of {rows}")
+        if self.reshape is None:
+            return array
+        shape = (rows, *self.dims) if rows else self.dims
+        try:
+            return array.reshape(shape)
+        except ValueError as exc:
+            raise Internal(f"output '{self.name}' of shape {array.shape} cannot take dims {shape}") from exc
