@@ -44,25 +44,29 @@ _PLATFORM_TO_BACKEND = {
     "tensorflow_savedmodel": "tensorflow",
     "tensorflow_graphdef": "tensorflow",
     "tensorrt_plan": "tensorrt",
+    "caffe": "caffe",
 }
 _BACKEND_TO_PLATFORM = {
     "pytorch": "pytorch_libtorch",
     "onnxruntime": "onnxruntime_onnx",
     "tensorflow": "tensorflow_savedmodel",
 }
+_BACKEND_TO_PLATFORM["caffe"] = "caffe"  # Triton never had one: backend and platform are both "caffe"
 _DEFAULT_FILENAME = {
     "python": "model.py",
     "pytorch": "model.pt",
     "onnxruntime": "model.onnx",
     "tensorflow": "model.savedmodel",
     "tensorrt": "model.plan",
+    "caffe": "model.caffemodel",
 }
 _PLATFORM_FILENAME = {"tensorflow_graphdef": "model.graphdef"}
 """Platforms whose default model file is not their backend's."""
-_AUTO_COMPLETE_BACKENDS = frozenset({"onnxruntime", "tensorflow"})
+_AUTO_COMPLETE_BACKENDS = frozenset({"onnxruntime", "tensorflow", "caffe"})
 """Backends whose worker derives inputs/outputs/max_batch_size from the model file (Triton's MR8)."""
 _CONFIGLESS_MODEL_FILES = {"model.onnx": "onnxruntime", "model.savedmodel": "tensorflow"}
 """A model file that stands in for a missing config.pbtxt, and the backend it names."""
+_CONFIGLESS_MODEL_FILES["model.caffemodel"] = "caffe"  # with model.prototxt beside it
 
 
 class ConfigError(InvalidArgument):
@@ -108,6 +112,7 @@ _MODEL_FILE_BACKENDS = {
     "model.savedmodel": "tensorflow",
 }
 """Triton fills a config's missing backend from the default model file it finds in a version directory."""
+_MODEL_FILE_BACKENDS["model.caffemodel"] = "caffe"
 
 
 def _backend_from_model_files(model_dir: Path) -> str:
@@ -160,7 +165,9 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
     if not config.backend:
         config.backend = _PLATFORM_TO_BACKEND.get(config.platform, "")
     if not config.backend:
-        raise ConfigError(f"{source}: set 'backend' (python, pytorch, onnxruntime, tensorflow) or 'platform'")
+        raise ConfigError(
+            f"{source}: set 'backend' (python, pytorch, onnxruntime, tensorflow, caffe) or 'platform'"
+        )
     if not config.platform and config.backend in _BACKEND_TO_PLATFORM:
         config.platform = _BACKEND_TO_PLATFORM[config.backend]
     if not config.default_model_filename:
