@@ -1,6 +1,6 @@
 """How a tensor backend runs a batch: one model call for the whole batch, split back by rows.
 
-The onnxruntime, pytorch and tensorflow backends share it.  Each hands in a ``run(inputs, rows)``
+The onnxruntime, pytorch, tensorflow and caffe backends share it.  Each hands in a ``run(inputs, rows)``
 that calls its model once on inputs by config name and returns outputs by config name; ``rows`` is
 the number of batch rows (0 when the model does not batch).  With ``max_batch_size`` > 0 and more
 than one request, the requests' inputs are concatenated on dimension 0, run once, and each output is
