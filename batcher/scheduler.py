@@ -50,6 +50,8 @@ class Queued:
     """Set on admission from the level's queue policy."""
     retried: bool = False
     """Already sent again once after its instance was lost."""
+    ack_to: str = ""
+    """Where the requester wants to hear who holds it (``meshserve/custody.py``); kept for a hand-off."""
 
 
 class ModelScheduler:

@@ -59,8 +59,9 @@ async def run(settings: GatewaySettings) -> None:
         if states is not None
         else None
     )
-    dispatcher = Dispatcher(nc)
+    dispatcher = Dispatcher(nc, batcher_timeout_s=settings.limits.batcher_timeout_s)
     events.disconnected.append(dispatcher.connection_lost)
+    events.reconnected.append(dispatcher.connection_back)
     core = InferenceCore(settings, models, dispatcher)
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()

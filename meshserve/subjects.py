@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BATCHER_QUEUE_GROUP",
     "PREFIX",
+    "batcher_announce",
     "cancel",
     "cancel_all",
     "control",
@@ -53,6 +54,12 @@ def worker_announce() -> str:
 def worker_query() -> str:
     """A gateway or batcher that starts asks here; every worker answers by announcing itself at once."""
     return f"{PREFIX}.worker.query"
+
+
+def batcher_announce() -> str:
+    """Where each batcher publishes its heartbeat (and goodbye); gateways watch it to learn that a
+    batcher holding their requests died (``meshserve/custody.py``)."""
+    return f"{PREFIX}.batcher.announce"
 
 
 def control() -> str:
