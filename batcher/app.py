@@ -78,6 +78,13 @@ class Batcher:
             await asyncio.sleep(custody.ACK_FLUSH_S)
             await self.send_acks()
 
+    def _custody_note(self, items: list[Queued], with_worker: bool) -> None:
+        """Queue the acknowledgements: taken (or back in a queue for a retry), or sent to a worker."""
+        mark = custody.WITH_WORKER if with_worker else ""
+        for item in items:
+            if item.ack_to and item.reply_to:
+                self._acks.setdefault(item.ack_to, []).append(mark + item.reply_to.rsplit(".", 1)[-1])
+
     async def send_acks(self) -> None:
         acks, self._acks = self._acks, {}
         for subject, tokens in acks.items():
@@ -120,8 +127,7 @@ class Batcher:
             timeout_s=request.timeout_us / 1e6,
             ack_to=(msg.headers or {}).get(custody.ACK_HEADER, ""),
         )
-        if item.ack_to and msg.reply:
-            self._acks.setdefault(item.ack_to, []).append(msg.reply.rsplit(".", 1)[-1])
+        self._custody_note([item], with_worker=False)
         error: MeshError | None
         if scheduler is None and request.model_version <= 0:
             error = Unavailable(
@@ -190,6 +196,7 @@ class Batcher:
                 self._settings.max_queue_size,
                 self.reply_error,
                 max_batch_bytes=self._settings.limits.frame_bytes - 1024 * 1024,
+                on_custody=self._custody_note,
             )
             self._schedulers[key] = scheduler
             self._tg.create_task(scheduler.run())

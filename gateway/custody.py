@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshserve.custody import WITH_WORKER
+
 __all__ = ["CustodyBook", "Held"]
 
 
@@ -26,6 +28,8 @@ class Held:
     published: float
     holder: str = ""
     """The batcher that acknowledged it; "" = none yet."""
+    with_worker: bool = False
+    """Its batcher sent it to a worker, which answers it whatever happens to the batcher."""
     resent: bool = False
 
 
@@ -50,11 +54,12 @@ class CustodyBook:
         return self._held.get(token)
 
     def acknowledged(self, batcher_id: str, tokens: list[str], now: float) -> None:
+        """``tokens`` in the order the batcher wrote them; one marked ``WITH_WORKER`` is in a batch."""
         self._seen[batcher_id] = now
-        for token in tokens:
-            held = self._held.get(token)
+        for entry in tokens:
+            held = self._held.get(entry.removeprefix(WITH_WORKER))
             if held is not None:
-                held.holder = batcher_id
+                held.holder, held.with_worker = batcher_id, entry.startswith(WITH_WORKER)
 
     def heartbeat(self, batcher_id: str, alive: bool, now: float) -> None:
         if alive:
@@ -82,10 +87,11 @@ class CustodyBook:
         return [
             (token, held)
             for token, held in self._held.items()
-            if held.holder in dead or (not held.holder and now - held.published > self.unacked_grace_s)
+            if (held.holder in dead and not held.with_worker)
+            or (not held.holder and now - held.published > self.unacked_grace_s)
         ]
 
     def resent(self, token: str, now: float) -> None:
         held = self._held.get(token)
         if held is not None:
-            held.holder, held.resent, held.published = "", True, now
+            held.holder, held.with_worker, held.resent, held.published = "", False, True, now

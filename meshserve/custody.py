@@ -6,14 +6,17 @@ not take its queue with it (docs/reliability.md, "A batcher killed with -9").
 - The batcher that takes the request adds the reply subject's last token to a list and, every
   :data:`ACK_FLUSH_S`, publishes one message per gateway inbox: its id and the tokens
   (:func:`encode_held`): the gateway now knows who holds each request, at one message per batcher
-  per gateway per flush.
+  per gateway per flush.  When the request leaves in a batch for a worker, the token goes out again
+  marked :data:`WITH_WORKER`: the worker answers it directly, whatever happens to the batcher (a
+  retry after a worker died puts it back in a queue: unmarked again).
 - Every batcher publishes its id on ``meshserve.batcher.announce`` every ``--batcher-heartbeat-secs``
   (:func:`encode_heartbeat`), and says ``gone`` once it has handed its queue on and its batches in flight
   are answered (SIGTERM).
 - A gateway that hears nothing from a batcher for ``--batcher-timeout-secs`` publishes the requests it
-  held once more (same bytes, same reply subject: another batcher takes them) while their deadline
+  held in its queues (not those with a worker) once more (same bytes, same reply subject: another batcher takes them) while their deadline
   allows, else fails them with UNAVAILABLE.  The first final response per request wins; a late
-  duplicate (the dead batcher's batch that a worker still answered) finds no waiter and is dropped.
+  duplicate (a batch sent in the last flush interval before the death, which its worker still answers)
+  finds no waiter and is dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "ACK_FLUSH_S",
     "ACK_HEADER",
     "HELD_TOKEN",
+    "WITH_WORKER",
     "ack_subject",
     "decode_heartbeat",
     "decode_held",
@@ -34,6 +38,8 @@ HELD_TOKEN = "held"
 """Last token of the acknowledgement subject; request tokens are numbers, so it never collides."""
 ACK_FLUSH_S = 0.02
 """How often a batcher sends the tokens it took since the last flush."""
+WITH_WORKER = ">"
+"""Prefix of a token whose request went to a worker in a batch."""
 
 
 def ack_subject(reply_prefix: str) -> str:

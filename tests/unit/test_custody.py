@@ -77,3 +77,16 @@ def test_goodbye_orphans_what_is_left_after_the_grace_and_our_outage_is_not_thei
     other.acknowledged("b", ["1"], now=0.0)
     other.reset_clock(now=10.0)  # the gateway's own NATS connection came back at 10.0
     assert other.orphans(now=11.0) == []
+
+
+def test_a_request_with_a_worker_stays_with_it_when_its_batcher_dies_until_sent_back_to_a_queue() -> None:
+    book = CustodyBook(timeout_s=3.0)
+    book.track("1", held())
+    book.track("2", held())
+    book.acknowledged("a", ["1", "2", custody.WITH_WORKER + "1"], now=0.0)  # 1 went out in a batch
+    assert [t for t, _ in book.orphans(now=3.5)] == ["2"]
+    other = CustodyBook(timeout_s=3.0)
+    other.track("1", held())
+    other.acknowledged("a", [custody.WITH_WORKER + "1"], now=0.0)
+    other.acknowledged("a", ["1"], now=0.5)  # its worker died: back in the queue for a retry
+    assert [t for t, _ in other.orphans(now=4.0)] == ["1"]
