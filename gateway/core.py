@@ -19,6 +19,7 @@ from gateway.models import ModelState, ModelTable, ModelView
 from gateway.ordering import OrderedReleases
 from gateway.peers import GatewayPeers
 from gateway.repository_params import ParamValue, control_request
+from gateway.runtime_settings import RuntimeSettings
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
@@ -38,6 +39,8 @@ EXTENSIONS = (
     "parameters",
     "model_repository",
     "model_repository(unload_dependents)",
+    "trace",
+    "logging",
     "meshserve",
 )
 """Only what meshserve implements; see docs/architecture.md "How meshserve identifies itself"."""
@@ -60,6 +63,8 @@ class InferenceCore:
         self._ordering = OrderedReleases()
         self.peers: GatewayPeers | None = None
         """Set by the gateway process: statistics then add up every gateway's counts."""
+        self.runtime: RuntimeSettings | None = None
+        """Set by the gateway process: TraceSetting / LogSettings (``gateway/runtime_settings.py``)."""
 
     async def infer(
         self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None
