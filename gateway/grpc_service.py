@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from gateway.core import InferenceCore
 from gateway.grpc_codec import decode_infer, encode_infer
 from gateway.repository_params import ParamValue
+from gateway.shm import cuda_register_refusal, cuda_status
 from meshserve.errors import Internal, MeshError, Unsupported
 from meshserve.pb import grpc_service_pb2 as pb
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
@@ -138,7 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         call = decode_infer(request)
         outcome = await self._core.infer(request.model_name, request.model_version, call, client_timeout_s)
-        return encode_infer(outcome.response, outcome.view.version)
+        return encode_infer(outcome.response, outcome.view.version, call.output_shm)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Ctx
@@ -228,23 +229,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         return pb.RepositoryModelUnloadResponse()
 
-    SystemSharedMemoryStatus = _not_yet(
-        "SystemSharedMemoryStatus", "shared memory is not supported across a mesh"
-    )
-    SystemSharedMemoryRegister = _not_yet(
-        "SystemSharedMemoryRegister", "shared memory is not supported across a mesh"
-    )
-    SystemSharedMemoryUnregister = _not_yet(
-        "SystemSharedMemoryUnregister", "shared memory is not supported across a mesh"
-    )
-    CudaSharedMemoryStatus = _not_yet(
-        "CudaSharedMemoryStatus", "shared memory is not supported across a mesh"
-    )
-    CudaSharedMemoryRegister = _not_yet(
-        "CudaSharedMemoryRegister", "shared memory is not supported across a mesh"
-    )
-    CudaSharedMemoryUnregister = _not_yet(
-        "CudaSharedMemoryUnregister", "shared memory is not supported across a mesh"
-    )
+    # -- shared memory (gateway/shm.py; docs/shared-memory.md) -----------------------------------------
+    @_rpc
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._core.shm.status(request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                )
+            )
+        return response
+
+    @_rpc
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._core.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._core.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Ctx
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        cuda_status(self._core.shm, request.name)  # none registered: empty, or NOT_FOUND for a name
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_rpc
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Ctx
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise cuda_register_refusal(request.name)
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Ctx
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # nothing can be registered: nothing to do
+
     TraceSetting = _not_yet("TraceSetting", "tracing is planned")
     LogSettings = _not_yet("LogSettings", "runtime log settings are planned")
