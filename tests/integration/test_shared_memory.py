@@ -1,0 +1,272 @@
+"""System shared memory through a real mesh with tritonclient (gRPC and HTTP), as Triton's
+``simple_grpc_shm_client.py`` / ``simple_http_shm_client.py`` / ``simple_grpc_shm_string_client.py``
+use it against the example models ``simple`` and ``simple_string``, plus the errors around it.
+
+Keys carry the test process id, so runs on one machine do not meet in /dev/shm; every region is
+destroyed (unlinked) by the test that made it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+from tritonclient import utils
+from tritonclient.utils import InferenceServerException
+
+from meshserve.harness import Mesh
+
+Client = Any  # grpcclient.InferenceServerClient | httpclient.InferenceServerClient
+
+BYTE_SIZE = 64  # 16 INT32
+A = np.arange(16, dtype=np.int32)
+B = np.ones(16, dtype=np.int32)
+
+
+def _key(name: str) -> str:
+    return f"/meshserve_test_{os.getpid()}_{name}"
+
+
+@pytest.fixture
+def regions() -> Iterator[Callable[[str, int], Any]]:
+    """Create shared memory objects; each is destroyed at the end of the test."""
+    made: list[Any] = []
+
+    def create(name: str, size: int) -> Any:
+        handle = shm.create_shared_memory_region(name, _key(name), size)
+        made.append(handle)
+        return handle
+
+    yield create
+    for handle in made:
+        shm.destroy_shared_memory_region(handle)
+
+
+@pytest.fixture(params=["grpc", "http"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _client(mesh: Mesh, protocol: str) -> Client:
+    if protocol == "grpc":
+        return grpcclient.InferenceServerClient(mesh.grpc_url)
+    return httpclient.InferenceServerClient(mesh.http_url)
+
+
+def _mod(protocol: str) -> Any:
+    return grpcclient if protocol == "grpc" else httpclient
+
+
+def _requested_output(protocol: str, name: str) -> Any:
+    if protocol == "grpc":
+        return grpcclient.InferRequestedOutput(name)
+    return httpclient.InferRequestedOutput(name, binary_data=True)
+
+
+def _field(output: Any, key: str) -> Any:
+    return getattr(output, key) if not isinstance(output, dict) else output[key]
+
+
+def _simple_inputs(protocol: str, region: str) -> list[Any]:
+    mod = _mod(protocol)
+    inputs = [mod.InferInput("INPUT0", [1, 16], "INT32"), mod.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_shared_memory(region, BYTE_SIZE)
+    inputs[1].set_shared_memory(region, BYTE_SIZE, offset=BYTE_SIZE)
+    return inputs
+
+
+def _simple_outputs(protocol: str, region: str, size: int = BYTE_SIZE) -> list[Any]:
+    outputs = [_requested_output(protocol, "OUTPUT0"), _requested_output(protocol, "OUTPUT1")]
+    outputs[0].set_shared_memory(region, size)
+    outputs[1].set_shared_memory(region, size, offset=BYTE_SIZE)
+    return outputs
+
+
+def _register_simple(client: Client, regions: Callable[[str, int], Any], tag: str) -> tuple[str, str, Any]:
+    """Input region holding A then B, output region for two outputs; returns their names."""
+    inp, out = f"in_{tag}", f"out_{tag}"
+    out_handle = regions(out, 2 * BYTE_SIZE)
+    client.register_system_shared_memory(out, _key(out), 2 * BYTE_SIZE)
+    in_handle = regions(inp, 2 * BYTE_SIZE)
+    shm.set_shared_memory_region(in_handle, [A])
+    shm.set_shared_memory_region(in_handle, [B], offset=BYTE_SIZE)
+    client.register_system_shared_memory(inp, _key(inp), 2 * BYTE_SIZE)
+    return inp, out, out_handle
+
+
+def _status_names(client: Client, protocol: str) -> set[str]:
+    status = client.get_system_shared_memory_status()
+    if protocol == "grpc":
+        return set(status.regions)
+    return {region["name"] for region in status}
+
+
+def _assert_serving(client: Client, protocol: str) -> None:
+    mod = _mod(protocol)
+    inputs = [mod.InferInput("INPUT0", [1, 16], "INT32"), mod.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(A.reshape(1, 16))
+    inputs[1].set_data_from_numpy(B.reshape(1, 16))
+    result = client.infer("simple", inputs)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0")[0], A + B)
+
+
+def test_server_metadata_lists_system_shared_memory_only(mesh: Mesh, protocol: str) -> None:
+    client = _client(mesh, protocol)
+    metadata = client.get_server_metadata()
+    extensions = list(_field(metadata, "extensions"))
+    assert "system_shared_memory" in extensions
+    assert "cuda_shared_memory" not in extensions
+
+
+def test_inputs_and_outputs_in_shared_memory(
+    mesh: Mesh, protocol: str, regions: Callable[[str, int], Any]
+) -> None:
+    """What simple_{grpc,http}_shm_client.py do, step for step."""
+    client = _client(mesh, protocol)
+    inp, out, out_handle = _register_simple(client, regions, f"io_{protocol}")
+    try:
+        assert {inp, out} <= _status_names(client, protocol)
+        result = client.infer("simple", _simple_inputs(protocol, inp), outputs=_simple_outputs(protocol, out))
+        out0, out1 = result.get_output("OUTPUT0"), result.get_output("OUTPUT1")
+        assert list(_field(out0, "shape")) == [1, 16] and _field(out0, "datatype") == "INT32"
+        sums = shm.get_contents_as_numpy(out_handle, np.int32, [1, 16])
+        diffs = shm.get_contents_as_numpy(out_handle, np.int32, [1, 16], offset=BYTE_SIZE)
+        np.testing.assert_array_equal(sums[0], A + B)
+        np.testing.assert_array_equal(diffs[0], A - B)
+        if protocol == "http":  # metadata only: no data, no binary_data_size
+            assert "data" not in out1 and "binary_data_size" not in out1.get("parameters", {})
+        else:
+            assert result.get_response().raw_output_contents == [b"", b""]
+    finally:
+        client.unregister_system_shared_memory(inp)
+        client.unregister_system_shared_memory(out)
+    assert not {inp, out} & _status_names(client, protocol)
+
+
+def test_shared_memory_inputs_with_ordinary_outputs(
+    mesh: Mesh, protocol: str, regions: Callable[[str, int], Any]
+) -> None:
+    client = _client(mesh, protocol)
+    inp, out, _ = _register_simple(client, regions, f"in_only_{protocol}")
+    try:
+        result = client.infer("simple", _simple_inputs(protocol, inp))
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT1")[0], A - B)
+    finally:
+        client.unregister_system_shared_memory(inp)
+        client.unregister_system_shared_memory(out)
+
+
+def test_bytes_tensors_in_shared_memory(
+    mesh: Mesh, protocol: str, regions: Callable[[str, int], Any]
+) -> None:
+    """simple_grpc_shm_string_client.py's flow: length-prefixed BYTES in and out of regions."""
+    client = _client(mesh, protocol)
+    mod = _mod(protocol)
+    in0 = np.array([str(x).encode() for x in A], dtype=object)
+    in1 = np.array([str(x).encode() for x in B], dtype=object)
+    expected_sum = np.array([str(x).encode() for x in A + B], dtype=object)
+    expected_diff = np.array([str(x).encode() for x in A - B], dtype=object)
+    sizes = [utils.serialized_byte_size(utils.serialize_byte_tensor(t)) for t in (in0, in1)]
+    out_sizes = [
+        utils.serialized_byte_size(utils.serialize_byte_tensor(t)) for t in (expected_sum, expected_diff)
+    ]
+    names = [f"s{i}_{protocol}" for i in range(4)]
+    handles = [regions(n, size) for n, size in zip(names, sizes + out_sizes, strict=True)]
+    shm.set_shared_memory_region(handles[0], [utils.serialize_byte_tensor(in0)])
+    shm.set_shared_memory_region(handles[1], [utils.serialize_byte_tensor(in1)])
+    for name, size in zip(names, sizes + out_sizes, strict=True):
+        client.register_system_shared_memory(name, _key(name), size)
+    try:
+        inputs = [mod.InferInput("INPUT0", [1, 16], "BYTES"), mod.InferInput("INPUT1", [1, 16], "BYTES")]
+        inputs[0].set_shared_memory(names[0], sizes[0])
+        inputs[1].set_shared_memory(names[1], sizes[1])
+        outputs = [_requested_output(protocol, "OUTPUT0"), _requested_output(protocol, "OUTPUT1")]
+        outputs[0].set_shared_memory(names[2], out_sizes[0])
+        outputs[1].set_shared_memory(names[3], out_sizes[1])
+        client.infer("simple_string", inputs, outputs=outputs)
+        got_sum = shm.get_contents_as_numpy(handles[2], np.object_, [1, 16])
+        got_diff = shm.get_contents_as_numpy(handles[3], np.object_, [1, 16])
+        assert list(got_sum[0]) == list(expected_sum)
+        assert list(got_diff[0]) == list(expected_diff)
+    finally:
+        for name in names:
+            client.unregister_system_shared_memory(name)
+
+
+def _refused(call: Callable[[], Any]) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    return err.value
+
+
+def test_registration_errors(mesh: Mesh, protocol: str, regions: Callable[[str, int], Any]) -> None:
+    client = _client(mesh, protocol)
+    name = f"reg_{protocol}"
+    regions(name, BYTE_SIZE)
+    err = _refused(lambda: client.register_system_shared_memory("x", _key("never_made"), 16))
+    assert "Unable to open shared memory region" in err.message()
+    err = _refused(lambda: client.register_system_shared_memory("x", "/../etc/passwd", 16))
+    assert "not a POSIX shared memory name" in err.message()
+    err = _refused(lambda: client.register_system_shared_memory("x", _key(name), BYTE_SIZE, offset=8))
+    assert "invalid args" in err.message() and "runs past the end" in err.message()
+    client.register_system_shared_memory(name, _key(name), BYTE_SIZE)
+    try:
+        err = _refused(lambda: client.register_system_shared_memory(name, _key(name), 16))
+        assert f"shared memory region '{name}' already in manager" in err.message()
+        assert err.status() in ("StatusCode.ALREADY_EXISTS", "400")
+        err = _refused(lambda: client.get_system_shared_memory_status("not_registered"))
+        assert "Unable to find system shared memory region: 'not_registered'" in err.message()
+    finally:
+        client.unregister_system_shared_memory(name)
+    client.unregister_system_shared_memory("not_registered")  # Triton: not an error
+    _assert_serving(client, protocol)
+
+
+def test_inference_errors_leave_the_service_serving(
+    mesh: Mesh, protocol: str, regions: Callable[[str, int], Any]
+) -> None:
+    client = _client(mesh, protocol)
+    inp, out, _ = _register_simple(client, regions, f"err_{protocol}")
+    try:
+        mod = _mod(protocol)
+        bad = [mod.InferInput("INPUT0", [1, 16], "INT32"), mod.InferInput("INPUT1", [1, 16], "INT32")]
+        bad[0].set_shared_memory(inp, BYTE_SIZE)
+        bad[1].set_shared_memory(inp, BYTE_SIZE, offset=BYTE_SIZE + 8)  # runs past the region
+        err = _refused(lambda: client.infer("simple", bad))
+        assert f"Invalid offset + byte size for shared memory region: '{inp}'" in err.message()
+
+        err = _refused(lambda: client.infer("simple", _simple_inputs(protocol, "no_such_region")))
+        assert "Unable to find shared memory region: 'no_such_region'" in err.message()
+
+        small = _simple_outputs(protocol, out, size=BYTE_SIZE // 2)
+        err = _refused(lambda: client.infer("simple", _simple_inputs(protocol, inp), outputs=small))
+        assert "should be at least 64 bytes to hold the results" in err.message()
+
+        client.unregister_system_shared_memory(inp)  # a region used after its unregister
+        err = _refused(lambda: client.infer("simple", _simple_inputs(protocol, inp)))
+        assert f"Unable to find shared memory region: '{inp}'" in err.message()
+    finally:
+        client.unregister_system_shared_memory(inp)
+        client.unregister_system_shared_memory(out)
+    _assert_serving(client, protocol)
+
+
+def test_unregister_all_and_cuda_shared_memory_without_a_gpu(
+    mesh: Mesh, protocol: str, regions: Callable[[str, int], Any]
+) -> None:
+    client = _client(mesh, protocol)
+    _register_simple(client, regions, f"all_{protocol}")
+    client.unregister_system_shared_memory()
+    assert _status_names(client, protocol) == set()
+    client.unregister_cuda_shared_memory()  # what Triton's example clients call first: nothing to do
+    status = client.get_cuda_shared_memory_status()
+    assert (len(status.regions) if protocol == "grpc" else len(status)) == 0
+    err = _refused(lambda: client.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64))
+    assert "CUDA shared memory needs a GPU on the gateway's host" in err.message()
+    assert err.status() in ("StatusCode.UNAVAILABLE", "501")
+    _assert_serving(client, protocol)
