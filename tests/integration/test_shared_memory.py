@@ -8,6 +8,9 @@ destroyed (unlinked) by the test that made it."""
 from __future__ import annotations
 
 import os
+import re
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -270,3 +273,48 @@ def test_unregister_all_and_cuda_shared_memory_without_a_gpu(
     assert "CUDA shared memory needs a GPU on the gateway's host" in err.message()
     assert err.status() in ("StatusCode.UNAVAILABLE", "501")
     _assert_serving(client, protocol)
+
+
+def _wait_pending(mesh: Mesh, model: str, timeout_s: float = 15.0) -> None:
+    pattern = re.compile(rf'nv_inference_pending_request_count\{{[^}}]*model="{model}"[^}}]*\}} ([0-9.]+)')
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(mesh.metrics_url, timeout=5) as page:
+            found = pattern.search(page.read().decode())
+        if found and float(found.group(1)) >= 1:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no request for '{model}' became pending within {timeout_s} s")
+
+
+def test_unregister_while_a_request_uses_the_region(mesh: Mesh, regions: Callable[[str, int], Any]) -> None:
+    """The request keeps the region it was given (Triton defers the unregister); the name is free at
+    once and a new registration under it does not receive the old request's output."""
+    client = grpcclient.InferenceServerClient(mesh.grpc_url)
+    data = np.array([[1.5, -2.0, 3.25, 4.0]], dtype=np.float32)
+    in_handle, out_handle, other = regions("slow_in", 16), regions("slow_out", 16), regions("slow_other", 16)
+    shm.set_shared_memory_region(in_handle, [data])
+    client.register_system_shared_memory("slow_in", _key("slow_in"), 16)
+    client.register_system_shared_memory("slow_out", _key("slow_out"), 16)
+    inputs = [grpcclient.InferInput("IN", [1, 4], "FP32")]
+    inputs[0].set_shared_memory("slow_in", 16)
+    outputs = [grpcclient.InferRequestedOutput("OUT")]
+    outputs[0].set_shared_memory("slow_out", 16)
+    done: list[Any] = []
+    client.async_infer("slow", inputs, lambda result, error: done.append((result, error)), outputs=outputs)
+    _wait_pending(mesh, "slow")  # its input has been read; the model holds it for 2 s
+    client.unregister_system_shared_memory()
+    client.register_system_shared_memory("slow_out", _key("slow_other"), 16)
+    try:
+        deadline = time.monotonic() + 30
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done, "no answer within 30 s"
+        result, error = done[0]
+        assert error is None, error
+        assert result.get_response().raw_output_contents == [b""]
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [1, 4]), data)
+        assert not shm.get_contents_as_numpy(other, np.float32, [1, 4]).any()
+    finally:
+        client.unregister_system_shared_memory()
+    _assert_serving(client, "grpc")
