@@ -64,6 +64,7 @@ async def run(settings: GatewaySettings) -> None:
     core = InferenceCore(settings, models, dispatcher)
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
+    await core.shm_control.attach(nc, core.peers.live_peers)
 
     limit = settings.limits.grpc_message_bytes
     request_limits = settings.request_limits
@@ -135,6 +136,7 @@ async def run(settings: GatewaySettings) -> None:
         await grpc_server.stop(grace=min(settings.limits.request_timeout_s, 10.0))
         await runner.cleanup()
         await metrics_runner.cleanup()
+        await core.shm_control.detach()
         await core.peers.stop()
         await close_nats(nc)
 

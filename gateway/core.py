@@ -20,6 +20,7 @@ from gateway.ordering import OrderedReleases
 from gateway.peers import GatewayPeers
 from gateway.repository_params import ParamValue, control_request
 from gateway.shm import SharedMemoryRegistry
+from gateway.shm_mirror import ShmMirror
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
@@ -64,6 +65,8 @@ class InferenceCore:
         """Set by the gateway process: statistics then add up every gateway's counts."""
         self.shm = SharedMemoryRegistry(settings.request_limits.max_shm_regions)
         """Clients' system shared memory regions (``gateway/shm.py``, docs/shared-memory.md)."""
+        self.shm_control = ShmMirror(self.shm, settings.stats_collect_timeout_s)
+        """Register / unregister here and on the peer gateways (attached by the gateway process)."""
 
     async def infer(
         self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None

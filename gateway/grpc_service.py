@@ -247,14 +247,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Ctx
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        self._core.shm.register(request.name, request.key, request.offset, request.byte_size)
+        await self._core.shm_control.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_rpc
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Ctx
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        self._core.shm.unregister(request.name)
+        await self._core.shm_control.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @_rpc

@@ -249,8 +249,7 @@ def build_app(core: InferenceCore) -> web.Application:
         app.router.add_post(prefix + "/generate", generate)
         app.router.add_post(prefix + "/generate_stream", generate_stream)
     add_openai_routes(app, core)  # /v1/completions, /v1/chat/completions, /v1/models (docs/llm.md)
-    add_shm_routes(
-        app, core.shm
-    )  # /v2/systemsharedmemory/..., /v2/cudasharedmemory/... (docs/shared-memory.md)
+    # /v2/systemsharedmemory/..., /v2/cudasharedmemory/... (docs/shared-memory.md)
+    add_shm_routes(app, core.shm, core.shm_control)
     app.router.add_route("*", "/v2/{tail:.*}", unknown_model_route)
     return app

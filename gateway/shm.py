@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,8 +40,11 @@ from meshserve.errors import InvalidArgument, MeshError, PayloadTooLarge, Unavai
 from meshserve.pb import mesh_pb2
 
 __all__ = [
+    "BOOT_ID",
     "SHM_DIR",
     "CudaShmUnavailable",
+    "NotTheSameObject",
+    "ObjectId",
     "RegionExists",
     "RegionNotFound",
     "RegionStatus",
@@ -70,6 +74,11 @@ class RegionExists(InvalidArgument):
 
     code = "ALREADY_EXISTS"
     grpc_status: ClassVar[grpc.StatusCode] = grpc.StatusCode.ALREADY_EXISTS
+
+
+class NotTheSameObject(InvalidArgument):
+    """A registration announced by another gateway names an object this gateway cannot see as the
+    same one (another host, another /dev/shm): this gateway does not take it."""
 
 
 class CudaShmUnavailable(Unavailable):
@@ -106,6 +115,22 @@ class RegionStatus:
     byte_size: int
 
 
+ObjectId = tuple[str, int, int]
+"""Which shared memory object a region lies in, across processes: (kernel boot id, st_dev, st_ino).
+Two gateways that open the same key see the same id only if they see the same object (same host,
+same /dev/shm mount)."""
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+BOOT_ID = _boot_id()
+
+
 def shm_object_path(key: str, shm_dir: Path = SHM_DIR) -> Path:
     """The file behind a POSIX shared memory key: one name with an optional leading '/'
     (``/input_simple``), never a path — no other '/', no '.' or '..', no NUL."""
@@ -121,8 +146,9 @@ def shm_object_path(key: str, shm_dir: Path = SHM_DIR) -> Path:
 class _Region:
     """One registered region: an open descriptor on its object and where the region lies in it."""
 
-    def __init__(self, status: RegionStatus, fd: int) -> None:
+    def __init__(self, status: RegionStatus, fd: int, object_id: ObjectId) -> None:
         self.status = status
+        self.object_id = object_id
         self._fd = fd
         self.pins = 0
         self.unregistered = False
@@ -208,7 +234,11 @@ class SharedMemoryRegistry:
         self._regions: dict[str, _Region] = {}
 
     # -- register / unregister / status ------------------------------------------------------------
-    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+    def register(
+        self, name: str, key: str, offset: int, byte_size: int, expect: ObjectId | None = None
+    ) -> ObjectId:
+        """Open and check the object; returns its id.  With ``expect`` (a registration another gateway
+        announced) the object opened must be that one, else :class:`NotTheSameObject`."""
         if self._max_regions <= 0:
             raise Unavailable(
                 "system shared memory is turned off on this gateway (--max-shm-regions 0); "
@@ -232,6 +262,9 @@ class SharedMemoryRegistry:
         fd = _open_object(path, key)
         try:
             info = os.fstat(fd)
+            object_id = (BOOT_ID, info.st_dev, info.st_ino)
+            if expect is not None and object_id != expect:
+                raise NotTheSameObject(f"'{key}' here is not the object another gateway registered")
             if not stat.S_ISREG(info.st_mode):
                 raise InvalidArgument(
                     f"Unable to open shared memory region: '{key}': not a shared memory object"
@@ -244,17 +277,32 @@ class SharedMemoryRegistry:
         except BaseException:
             os.close(fd)
             raise
-        self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd)
+        self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd, object_id)
+        return object_id
 
-    def unregister(self, name: str) -> None:
-        """One region, or every region when ``name`` is empty; an unknown name is not an error (Triton)."""
+    def unregister(self, name: str) -> list[tuple[str, ObjectId]]:
+        """One region, or every region when ``name`` is empty; an unknown name is not an error (Triton).
+        Returns what was removed (name and object), for the other gateways."""
         names = [name] if name else list(self._regions)
+        removed = []
         for one in names:
-            region = self._regions.pop(one, None)
+            region = self._regions.get(one)
             if region is not None:
-                region.unregistered = True
-                if region.pins == 0:
-                    region.close()
+                self._remove(one, region)
+                removed.append((one, region.object_id))
+        return removed
+
+    def unregister_object(self, name: str, object_id: ObjectId) -> None:
+        """Remove ``name`` only if it lies in ``object_id`` (another gateway's unregister)."""
+        region = self._regions.get(name)
+        if region is not None and region.object_id == object_id:
+            self._remove(name, region)
+
+    def _remove(self, name: str, region: _Region) -> None:
+        del self._regions[name]
+        region.unregistered = True
+        if region.pins == 0:
+            region.close()
 
     def status(self, name: str) -> list[RegionStatus]:
         if not name:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.json_body import loads_checked
 from gateway.shm import SharedMemoryRegistry, cuda_register_refusal, cuda_status
+from gateway.shm_mirror import ShmMirror
 from meshserve.errors import InvalidArgument
 
 __all__ = ["add_shm_routes", "register_body"]
@@ -39,7 +40,7 @@ def register_body(raw: bytes) -> tuple[str, int, int]:
     return key, values[0], values[1]
 
 
-def add_shm_routes(app: web.Application, registry: SharedMemoryRegistry) -> None:
+def add_shm_routes(app: web.Application, registry: SharedMemoryRegistry, control: ShmMirror) -> None:
     """Add before any catch-all ``/v2/...`` route."""
 
     def region(request: web.Request) -> str:
@@ -55,11 +56,11 @@ def add_shm_routes(app: web.Application, registry: SharedMemoryRegistry) -> None
 
     async def system_register(request: web.Request) -> web.Response:
         key, offset, byte_size = register_body(await request.read())
-        registry.register(region(request), key, offset, byte_size)
+        await control.register(region(request), key, offset, byte_size)
         return web.Response(status=200)
 
     async def system_unregister(request: web.Request) -> web.Response:
-        registry.unregister(region(request))
+        await control.unregister(region(request))
         return web.Response(status=200)
 
     async def cuda_status_route(request: web.Request) -> web.Response:

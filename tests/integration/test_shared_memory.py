@@ -22,7 +22,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient import utils
 from tritonclient.utils import InferenceServerException
 
-from meshserve.harness import Mesh
+from meshserve.harness import ROOT, Mesh, start_mesh
 
 Client = Any  # grpcclient.InferenceServerClient | httpclient.InferenceServerClient
 
@@ -318,3 +318,53 @@ def test_unregister_while_a_request_uses_the_region(mesh: Mesh, regions: Callabl
     finally:
         client.unregister_system_shared_memory()
     _assert_serving(client, "grpc")
+
+
+@pytest.fixture(scope="module")
+def two_gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    base = tmp_path_factory.mktemp("two_gateways")
+    repository = base / "models"
+    repository.mkdir()
+    (repository / "simple").symlink_to(ROOT / "examples" / "model_repository" / "simple")
+    mesh = start_mesh(repository, base / "mesh.log", "--gateways", "2")
+    try:
+        yield mesh
+    finally:
+        assert mesh.stop() == 0, mesh.log()[-3000:]
+
+
+def _served_per_gateway(mesh: Mesh) -> list[float]:
+    served = []
+    for url in mesh.metrics_urls:
+        with urllib.request.urlopen(url, timeout=10) as page:
+            rows = [
+                r for r in page.read().decode().splitlines() if r.startswith("nv_inference_request_success{")
+            ]
+        served.append(sum(float(r.rsplit(" ", 1)[1]) for r in rows if 'model="simple"' in r))
+    return served
+
+
+def test_every_gateway_on_the_host_takes_a_registration(
+    two_gateways: Mesh, protocol: str, regions: Callable[[str, int], Any]
+) -> None:
+    """``--gateways 2``: a register on one connection, requests on fresh connections (spread over both
+    gateways by the kernel) all find the region; an unregister reaches both as well."""
+    before = _served_per_gateway(two_gateways)
+    client = _client(two_gateways, protocol)
+    inp, out, out_handle = _register_simple(client, regions, f"mirror_{protocol}")
+    client.close()  # grpc shares one connection between the channels of a process while one is open
+    for _ in range(16):
+        fresh = _client(two_gateways, protocol)
+        assert {inp, out} <= _status_names(fresh, protocol)
+        fresh.infer("simple", _simple_inputs(protocol, inp), outputs=_simple_outputs(protocol, out))
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.int32, [1, 16])[0], A + B)
+        fresh.close()
+    served = [after - then for after, then in zip(_served_per_gateway(two_gateways), before, strict=True)]
+    assert sum(served) == 16 and all(n > 0 for n in served), served
+    last = _client(two_gateways, protocol)
+    last.unregister_system_shared_memory()
+    last.close()
+    for _ in range(8):
+        fresh = _client(two_gateways, protocol)
+        assert _status_names(fresh, protocol) == set()
+        fresh.close()

@@ -18,6 +18,7 @@ from gateway.http_codec import HttpInfer, decode_infer, encode_infer
 from gateway.models import ModelView
 from gateway.shm import (
     CudaShmUnavailable,
+    NotTheSameObject,
     RegionExists,
     RegionNotFound,
     SharedMemoryRegistry,
@@ -26,6 +27,7 @@ from gateway.shm import (
     shm_object_path,
 )
 from gateway.shm_http import register_body
+from gateway.shm_mirror import ShmMirror
 from gateway.shm_params import ShmRef, parse_shm_params
 from gateway.validate import InferCall, InputTensor, build_request
 from meshserve.errors import InvalidArgument, PayloadTooLarge, Unavailable
@@ -413,3 +415,46 @@ def test_http_shm_output_has_metadata_and_no_data() -> None:
     }
     assert out1["parameters"] == {"binary_data_size": 8}
     assert raw[length:] == struct.pack("<2i", 5, 6)
+
+
+# -- several gateways: the same object, or not taken -------------------------------------------------
+
+
+def test_an_announced_registration_is_taken_only_for_the_same_object(tmp_path: Path) -> None:
+    make_object(tmp_path, "obj", 64)
+    origin, peer = SharedMemoryRegistry(4, tmp_path), SharedMemoryRegistry(4, tmp_path)
+    object_id = origin.register("r", "/obj", 0, 64)
+    peer.register("r", "/obj", 0, 64, expect=object_id)
+    assert peer.status("r")[0].key == "/obj"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    make_object(other, "obj", 64)  # same key, another object (another host or /dev/shm mount)
+    with pytest.raises(NotTheSameObject):
+        SharedMemoryRegistry(4, other).register("r", "/obj", 0, 64, expect=object_id)
+
+
+def test_an_announced_unregister_removes_only_regions_in_the_same_object(tmp_path: Path) -> None:
+    make_object(tmp_path, "a", 64)
+    make_object(tmp_path, "b", 64)
+    registry = SharedMemoryRegistry(4, tmp_path)
+    id_a = registry.register("r", "/a", 0, 64)
+    id_b = registry.register("s", "/b", 0, 64)
+    registry.unregister_object("r", id_b)  # "r" here lies in another object: kept
+    assert [s.name for s in registry.status("")] == ["r", "s"]
+    registry.unregister_object("r", id_a)
+    assert registry.unregister("") == [("s", id_b)]
+
+
+def test_the_mirror_applies_what_a_peer_announces(tmp_path: Path) -> None:
+    make_object(tmp_path, "obj", 64)
+    origin, peer = SharedMemoryRegistry(4, tmp_path), SharedMemoryRegistry(4, tmp_path)
+    mirror = ShmMirror(peer)
+    object_id = origin.register("r", "/obj", 0, 64)
+    change = {"op": "register", "name": "r", "key": "/obj", "offset": 0, "byte_size": 64}
+    mirror._apply({**change, "object": list(object_id)})
+    assert [s.name for s in peer.status("")] == ["r"]
+    mirror._apply({**change, "object": list(object_id)})  # again: a name in use, quietly not taken
+    mirror._apply({**change, "name": "x", "object": ["other-boot", 1, 2]})  # not this object
+    assert [s.name for s in peer.status("")] == ["r"]
+    mirror._apply({"op": "unregister", "regions": [["r", list(object_id)]]})
+    assert peer.status("") == []
