@@ -27,6 +27,7 @@ from meshserve.logs import announce_ready
 from meshserve.messaging import NatsEvents, connect_service
 from meshserve.pb import mesh_pb2
 from meshserve.settings import BatcherSettings
+from meshserve.settings_follow import start_following
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,7 @@ def _monotonic_deadline(deadline_unix_ns: int) -> float | None:
 async def run(settings: BatcherSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
     nc = await connect_service(settings.nats_url, "batcher", settings.limits, NatsEvents(gave_up=[stop.set]))
+    follow = start_following(nc, "batcher")  # LogSettings / TraceSetting of the mesh
     metrics: web.AppRunner | None = None
     try:
         async with asyncio.TaskGroup() as tg:
@@ -308,6 +310,7 @@ async def run(settings: BatcherSettings) -> None:
     except* _Stop:
         pass
     finally:
+        follow.cancel()
         if metrics is not None:
             await metrics.cleanup()
         await close_nats(nc)

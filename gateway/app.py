@@ -18,6 +18,7 @@ from gateway.http_service import build_app
 from gateway.metrics import build_registry, start_metrics_server
 from gateway.models import ModelTable
 from gateway.peers import GatewayPeers
+from gateway.runtime_settings import RuntimeSettings
 from gateway.tls import grpc_server_credentials, http_ssl_context
 from meshserve import subjects
 from meshserve.lifecycle import close_nats, install_stop_signals
@@ -28,6 +29,7 @@ from meshserve.model_states import ModelStateStore
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 from meshserve.pb import mesh_pb2
 from meshserve.settings import GatewaySettings
+from meshserve.settings_store import SettingsStore
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ async def run(settings: GatewaySettings) -> None:
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
     await core.shm_control.attach(nc, core.peers.live_peers)
+    core.runtime = RuntimeSettings(await SettingsStore.open(nc), lambda name: name in models.names())
+    runtime_watch = asyncio.create_task(core.runtime.watch())  # TraceSetting / LogSettings of any gateway
 
     limit = settings.limits.grpc_message_bytes
     request_limits = settings.request_limits
@@ -130,6 +134,7 @@ async def run(settings: GatewaySettings) -> None:
     finally:
         if watch is not None:
             watch.cancel()
+        runtime_watch.cancel()
         # stop listening at once (another gateway on the same port takes new connections) and let the
         # RPCs in flight finish, up to their deadline; at most 10 s, so that an idle stream a client
         # keeps open cannot hold the shutdown past the launcher's exit timeout

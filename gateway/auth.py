@@ -1,7 +1,7 @@
 """Bearer tokens at the gateway: which call needs which token, checked before any handler runs.
 
 Health (live, ready, model ready) stays open for Kubernetes probes; repository control (index, load,
-unload) needs the control token when one is configured; everything else needs the inference token
+unload) and the trace and log settings need the control token when one is configured; everything else needs the inference token
 when one is configured.  gRPC reads the ``authorization`` metadata, HTTP the ``Authorization`` header
 (``Bearer <token>`` in both).  Refusals: UNAUTHENTICATED / 401, PERMISSION_DENIED / 403.
 """
@@ -21,7 +21,9 @@ from meshserve.security import AuthSettings, Need, check_token
 __all__ = ["GrpcAuthInterceptor", "grpc_need", "http_auth_middleware", "http_need"]
 
 _GRPC_OPEN = frozenset({"ServerLive", "ServerReady", "ModelReady"})
-_GRPC_CONTROL = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
+_GRPC_CONTROL = frozenset(
+    {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "TraceSetting", "LogSettings"}
+)
 _GRPC_STREAMING = frozenset({"ModelStreamInfer"})
 
 
@@ -38,10 +40,14 @@ def grpc_need(method: str) -> Need:
 _HTTP_OPEN = re.compile(r"^/v2/health/(live|ready)$|^/v2/models/[^/]+(/versions/[^/]+)?/ready$")
 
 
+_HTTP_SETTINGS = re.compile(r"^/v2/logging$|^/v2(/models/[^/]+)?/trace/setting$")
+"""Trace and log settings change the server's behaviour (and may name files): control, like load."""
+
+
 def http_need(path: str) -> Need:
     if _HTTP_OPEN.match(path):
         return Need.OPEN
-    if path.startswith("/v2/repository/"):
+    if path.startswith("/v2/repository/") or _HTTP_SETTINGS.match(path):
         return Need.CONTROL
     return Need.INFERENCE
 

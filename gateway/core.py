@@ -19,6 +19,7 @@ from gateway.models import ModelState, ModelTable, ModelView
 from gateway.ordering import OrderedReleases
 from gateway.peers import GatewayPeers
 from gateway.repository_params import ParamValue, control_request
+from gateway.runtime_settings import RuntimeSettings
 from gateway.shm import SharedMemoryRegistry
 from gateway.shm_mirror import ShmMirror
 from gateway.stats import FailureReason, StatsBook, failure_reason
@@ -41,6 +42,8 @@ EXTENSIONS = (
     "model_repository",
     "model_repository(unload_dependents)",
     "system_shared_memory",
+    "trace",
+    "logging",
     "meshserve",
 )
 """Only what meshserve implements; see docs/architecture.md "How meshserve identifies itself"."""
@@ -67,6 +70,8 @@ class InferenceCore:
         """Clients' system shared memory regions (``gateway/shm.py``, docs/shared-memory.md)."""
         self.shm_control = ShmMirror(self.shm, settings.stats_collect_timeout_s)
         """Register / unregister here and on the peer gateways (attached by the gateway process)."""
+        self.runtime: RuntimeSettings | None = None
+        """Set by the gateway process: TraceSetting / LogSettings (``gateway/runtime_settings.py``)."""
 
     async def infer(
         self, model: str, version: str, call: InferCall, client_timeout_s: float | None = None

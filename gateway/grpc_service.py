@@ -18,8 +18,10 @@ from google.protobuf import json_format
 from gateway.core import InferenceCore
 from gateway.grpc_codec import decode_infer, encode_infer
 from gateway.repository_params import ParamValue
+from gateway.runtime_settings import RuntimeSettings
 from gateway.shm import cuda_register_refusal, cuda_status
-from meshserve.errors import Internal, MeshError, Unsupported
+from meshserve import tracing
+from meshserve.errors import Internal, MeshError, Unavailable
 from meshserve.pb import grpc_service_pb2 as pb
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 
@@ -75,12 +77,32 @@ def _mirror_compression(context: Ctx) -> None:
             return
 
 
-def _not_yet(name: str, issue: str) -> Handler[Any, Any]:
-    async def handler(self: Any, request: Any, context: Ctx) -> Any:
-        raise Unsupported(f"{name} is not implemented by meshserve yet ({issue})")
+def _adopt_client_trace(context: Ctx) -> None:
+    """A client's W3C ``traceparent`` metadata: this request's spans join the client's trace."""
+    if tracing.enabled():
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                tracing.adopt_client_context(value if isinstance(value, str) else value.decode("latin-1"))
+                return
 
-    handler.__name__ = name
-    return _rpc(handler)
+
+def _trace_response(settings: Mapping[str, str | list[str]]) -> pb.TraceSettingResponse:
+    response = pb.TraceSettingResponse()
+    for key, value in settings.items():
+        response.settings[key].value.extend(value if isinstance(value, list) else [value])
+    return response
+
+
+def _log_response(settings: Mapping[str, Any]) -> pb.LogSettingsResponse:
+    response = pb.LogSettingsResponse()
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            response.settings[key].bool_param = value
+        elif isinstance(value, int):
+            response.settings[key].uint32_param = value
+        else:
+            response.settings[key].string_param = str(value)
+    return response
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -132,6 +154,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
+        _adopt_client_trace(context)
         return await self._infer(request, context.time_remaining())
 
     async def _infer(
@@ -151,6 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # bounded: a client that stops reading holds up its requests' streams, which then overflow
         # their own bounded inboxes and end with an error (no unbounded buffering in the gateway)
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue(maxsize=256)
+        _adopt_client_trace(context)  # the stream's requests join the client's trace (tasks copy it)
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
@@ -276,5 +300,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.CudaSharedMemoryUnregisterResponse:
         return pb.CudaSharedMemoryUnregisterResponse()  # nothing can be registered: nothing to do
 
-    TraceSetting = _not_yet("TraceSetting", "tracing is planned")
-    LogSettings = _not_yet("LogSettings", "runtime log settings are planned")
+    @_rpc
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Ctx) -> pb.TraceSettingResponse:
+        """An empty settings map reads; a key with no values clears it (tritonclient's ``None``)."""
+        raw = {key: list(value.value) for key, value in request.settings.items()} or None
+        return _trace_response(await self._runtime().trace_setting(request.model_name, raw))
+
+    @_rpc
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Ctx) -> pb.LogSettingsResponse:
+        raw: dict[str, Any] = {}
+        for key, value in request.settings.items():
+            which = value.WhichOneof("parameter_choice")
+            raw[key] = getattr(value, which) if which is not None else None
+        return _log_response(await self._runtime().log_setting(raw or None))
+
+    def _runtime(self) -> RuntimeSettings:
+        if self._core.runtime is None:
+            raise Unavailable("runtime trace and log settings are not available on this gateway")
+        return self._core.runtime

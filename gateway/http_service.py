@@ -18,9 +18,11 @@ from gateway.auth import http_auth_middleware
 from gateway.core import InferenceCore
 from gateway.generate import decode_generate, generate_events, generate_one, sse_event
 from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
+from gateway.http_settings import add_routes as add_settings_routes
 from gateway.json_body import loads_checked
 from gateway.openai_api import add_routes as add_openai_routes
 from gateway.shm_http import add_shm_routes
+from meshserve import tracing
 from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
 from meshserve.model_config import config_to_json
 
@@ -168,6 +170,7 @@ def build_app(core: InferenceCore) -> web.Application:
 
     async def infer(request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
+        tracing.adopt_client_context(request.headers.get("traceparent"))  # no-op when tracing is off
         view = core.models.ready_view(model, version(request))
         body = await request.read()
         decoded = decode_infer(body, request.headers.get(HEADER_LENGTH), view, core.settings.request_limits)
@@ -188,6 +191,7 @@ def build_app(core: InferenceCore) -> web.Application:
     async def generate(request: web.Request) -> web.Response:
         """Triton's generate extension, one response (``gateway/generate.py`` does the mapping)."""
         model = request.match_info["model"]
+        tracing.adopt_client_context(request.headers.get("traceparent"))  # no-op when tracing is off
         view = core.models.ready_view(model, version(request))
         call = decode_generate(await request.read(), view)
         response = _json(await generate_one(core, model, version(request), call))
@@ -199,6 +203,7 @@ def build_app(core: InferenceCore) -> web.Application:
         """Server-sent events, one per response.  The status is fixed by the first event: an error
         before it is a plain JSON error with its own code, one after it is an ``{"error": …}`` event."""
         model = request.match_info["model"]
+        tracing.adopt_client_context(request.headers.get("traceparent"))  # no-op when tracing is off
         view = core.models.ready_view(model, version(request))
         call = decode_generate(await request.read(), view)
         if view.platform == "llm":  # a sharded language model streams its tokens here unless told not to
@@ -251,5 +256,6 @@ def build_app(core: InferenceCore) -> web.Application:
     add_openai_routes(app, core)  # /v1/completions, /v1/chat/completions, /v1/models (docs/llm.md)
     # /v2/systemsharedmemory/..., /v2/cudasharedmemory/... (docs/shared-memory.md)
     add_shm_routes(app, core.shm, core.shm_control)
+    add_settings_routes(app, core.runtime)  # /v2[/models/{m}]/trace/setting, /v2/logging
     app.router.add_route("*", "/v2/{tail:.*}", unknown_model_route)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -48,6 +49,12 @@ def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
         default=nats_default or None,
         required=nats_required and not nats_default,
         help="NATS server URL (up: an existing server instead of the embedded one)",
+    )
+    p.add_argument(
+        "--log-dir",
+        default=env_default("log_dir", ""),
+        help="directory where clients may name a log_file / trace_file (LogSettings, TraceSetting); "
+        "without it they cannot name files (docs/tracing.md)",
     )
     p.add_argument(
         "--log-verbose",
@@ -298,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(args)
     setup_logging(args.command, args.log_verbose)
+    if args.log_dir:  # every process the launcher starts inherits it (meshserve/settings_follow.py)
+        log_dir = Path(args.log_dir).resolve()
+        if not log_dir.is_dir():
+            build_parser().error(f"--log-dir {args.log_dir}: not a directory")
+        os.environ["MESHSERVE_LOG_DIR"] = str(log_dir)
     configure_nats(nats_options(args))
     if args.command != "up":  # each service process traces its own hop (MESHSERVE_TRACING; off by default)
         from meshserve import tracing

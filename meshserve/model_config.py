@@ -43,18 +43,22 @@ _PLATFORM_TO_BACKEND = {
     "tensorflow_savedmodel": "tensorflow",
     "tensorflow_graphdef": "tensorflow",
     "tensorrt_plan": "tensorrt",
+    "caffe": "caffe",
 }
 _BACKEND_TO_PLATFORM = {"pytorch": "pytorch_libtorch", "onnxruntime": "onnxruntime_onnx"}
+_BACKEND_TO_PLATFORM["caffe"] = "caffe"  # Triton never had one: backend and platform are both "caffe"
 _DEFAULT_FILENAME = {
     "python": "model.py",
     "pytorch": "model.pt",
     "onnxruntime": "model.onnx",
     "tensorrt": "model.plan",
+    "caffe": "model.caffemodel",
 }
-_AUTO_COMPLETE_BACKENDS = frozenset({"onnxruntime"})
+_AUTO_COMPLETE_BACKENDS = frozenset({"onnxruntime", "caffe"})
 """Backends whose worker derives inputs/outputs/max_batch_size from the model file (Triton's MR8)."""
 _CONFIGLESS_MODEL_FILES = {"model.onnx": "onnxruntime"}
 """A model file that stands in for a missing config.pbtxt, and the backend it names."""
+_CONFIGLESS_MODEL_FILES["model.caffemodel"] = "caffe"  # with model.prototxt beside it
 
 
 class ConfigError(InvalidArgument):
@@ -95,6 +99,7 @@ def load_config(model_dir: Path) -> mc.ModelConfig:
 
 _MODEL_FILE_BACKENDS = {"model.py": "python", "model.onnx": "onnxruntime", "model.pt": "pytorch"}
 """Triton fills a config's missing backend from the default model file it finds in a version directory."""
+_MODEL_FILE_BACKENDS["model.caffemodel"] = "caffe"
 
 
 def _backend_from_model_files(model_dir: Path) -> str:

@@ -146,7 +146,9 @@ def check_token(auth: AuthSettings, need: Need, authorization: str | None) -> No
     if _matches(presented, required) or _matches(presented, auth.control_tokens):
         return
     if need is Need.CONTROL and _matches(presented, auth.inference_tokens):
-        raise PermissionDenied("repository control needs the control token; an inference token was given")
+        raise PermissionDenied(
+            "repository control and trace/log settings need the control token; an inference token was given"
+        )
     raise Unauthenticated("the bearer token is not valid for this server")
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshserve.settings import env_default
@@ -43,10 +44,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REQUEST_ID",
+    "adopt_client_context",
     "enabled",
+    "file_path",
     "record_span",
+    "record_step_span",
+    "set_sampler",
     "setup",
     "shutdown",
+    "start_file",
     "traced_call",
     "traced_stream",
 ]
@@ -56,6 +62,11 @@ log = logging.getLogger(__name__)
 REQUEST_ID = "meshserve.request_id"
 _tracer: Tracer | None = None
 _provider: Any = None
+_service = ""
+_file_target: list[str] = []
+"""The file exporter's path, when it is the exporter (a list so that ``start_file`` can move it)."""
+_sampler: Callable[[str], bool] | None = None
+_client_parent: ContextVar[str] = ContextVar("meshserve_client_traceparent", default="")
 
 AttrValue = str | int | float | bool
 R = TypeVar("R")
@@ -70,7 +81,8 @@ def enabled() -> bool:
 def setup(service: str, exporter: SpanExporter | None = None, mode: str | None = None) -> bool:
     """Start tracing in this process when ``MESHSERVE_TRACING`` (or ``mode``) asks for it, or with
     ``exporter`` (tests); True when on.  Called once per process, before serving."""
-    global _tracer, _provider
+    global _tracer, _provider, _service
+    _service = service
     mode = (env_default("tracing", "off") if mode is None else mode).strip()
     if exporter is None and mode.lower() in ("", "off", "0", "false", "none"):
         return False
@@ -95,7 +107,8 @@ def setup(service: str, exporter: SpanExporter | None = None, mode: str | None =
 
         processor = SimpleSpanProcessor(ConsoleSpanExporter())
     elif mode.startswith("file:") and len(mode) > len("file:"):
-        processor = SimpleSpanProcessor(_file_exporter(mode[len("file:") :]))
+        _file_target[:] = [mode[len("file:") :]]
+        processor = SimpleSpanProcessor(_file_exporter())
     else:
         log.warning(
             "MESHSERVE_TRACING=%r is not one of off, otlp, console, file:PATH; tracing stays off", mode
@@ -110,13 +123,47 @@ def setup(service: str, exporter: SpanExporter | None = None, mode: str | None =
 
 def shutdown() -> None:
     """Flush and stop (tests; services rely on the provider's own exit hook)."""
-    global _tracer, _provider
+    global _tracer, _provider, _sampler
     if _provider is not None:
         _provider.shutdown()
-    _tracer = _provider = None
+    _tracer = _provider = _sampler = None
+    _file_target.clear()
 
 
-def _file_exporter(path: str) -> SpanExporter:
+def file_path() -> str:
+    """Where the file exporter writes; empty when it is not the exporter."""
+    return _file_target[0] if _file_target else ""
+
+
+def start_file(path: str, service: str = "") -> bool:
+    """Trace to the JSON-lines file ``path`` from now on (Triton's ``trace_file`` set at run time):
+    starts tracing with the file exporter when this process had none, or moves the file exporter's
+    output; False (logged) when another exporter is on or OpenTelemetry is missing."""
+    if _file_target:
+        _file_target[0] = path
+        return True
+    if _tracer is not None:
+        log.warning(
+            "trace_file %s not used: this process exports its spans elsewhere (MESHSERVE_TRACING)", path
+        )
+        return False
+    return setup(service or _service or "meshserve", mode=f"file:{path}")
+
+
+def set_sampler(sampler: Callable[[str], bool] | None) -> None:
+    """The gateway's per-request decision (model name → trace it?); None traces every request."""
+    global _sampler
+    _sampler = sampler
+
+
+def adopt_client_context(traceparent: str | None) -> None:
+    """A client's W3C ``traceparent`` (HTTP header, gRPC metadata): the request's spans join its
+    trace.  Set in the handler's task; a malformed value is ignored (the trace starts here)."""
+    if traceparent and _tracer is not None:
+        _client_parent.set(traceparent.strip())
+
+
+def _file_exporter() -> SpanExporter:
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
     class JsonLinesExporter(SpanExporter):
@@ -128,7 +175,7 @@ def _file_exporter(path: str) -> SpanExporter:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             lines = "".join(json.dumps(json.loads(s.to_json()), separators=(",", ":")) + "\n" for s in spans)
             with self._lock:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(_file_target[0], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
                     os.write(fd, lines.encode())
                 finally:
@@ -168,7 +215,13 @@ class _Hop:
         from opentelemetry.trace import SpanKind, set_span_in_context
 
         attributes = _attributes(request)
-        self.gateway = tracer.start_span("gateway", kind=SpanKind.SERVER, attributes=attributes)
+        client = _client_parent.get()
+        self.gateway = tracer.start_span(
+            "gateway",
+            context=_context_of(client) if client else None,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        )
         self.nats = tracer.start_span(
             "nats request",
             context=set_span_in_context(self.gateway),
@@ -187,12 +240,30 @@ class _Hop:
         self.gateway.end()
 
 
+def _is_sampled(traceparent: str) -> bool:
+    """W3C ``version-traceid-spanid-flags``: bit 0 of the flags is "sampled"."""
+    try:
+        return len(traceparent) >= 55 and bool(int(traceparent[-2:], 16) & 1)
+    except ValueError:
+        return False
+
+
+def _sampled(request: Any) -> bool:
+    """The gateway's decision; an untraced request carries no ``traceparent``, so the batcher and
+    the worker record nothing for it."""
+    if _sampler is None or _sampler(str(request.model_name)):
+        return True
+    if request.traceparent:
+        request.traceparent = ""
+    return False
+
+
 def traced_call(method: Callable[[S, Q, float], Awaitable[R]]) -> Callable[[S, Q, float], Awaitable[R]]:
     """For ``Dispatcher.infer(self, request, timeout_s)``: the gateway's spans around the round trip."""
 
     @functools.wraps(method)
     async def wrapper(self: S, request: Q, timeout_s: float) -> R:
-        if _tracer is None:
+        if _tracer is None or not _sampled(request):
             return await method(self, request, timeout_s)
         hop = _Hop(_tracer, request)
         try:
@@ -214,7 +285,7 @@ def traced_stream(
 
     @functools.wraps(method)
     async def wrapper(self: S, request: Q, timeout_s: float) -> AsyncIterator[R]:
-        if _tracer is None:
+        if _tracer is None or not _sampled(request):
             async for item in method(self, request, timeout_s):
                 yield item
             return
@@ -232,6 +303,23 @@ def traced_stream(
     return wrapper
 
 
+def record_step_span(
+    name: str,
+    traceparent: str,
+    start_unix_ns: int,
+    end_unix_ns: int,
+    attributes: Mapping[str, AttrValue],
+) -> None:
+    """A finished span of a pipeline stage's step (a micro-batch of a sharded LLM) under the context
+    of one traced request in it; nothing unless that request was sampled at the gateway."""
+    if _tracer is None or not _is_sampled(traceparent):
+        return
+    span = _tracer.start_span(
+        name, context=_context_of(traceparent), attributes=dict(attributes), start_time=start_unix_ns
+    )
+    span.end(end_time=max(end_unix_ns, start_unix_ns))
+
+
 def record_span(
     name: str,
     request: Any,
@@ -241,11 +329,12 @@ def record_span(
 ) -> None:
     """A finished span of ``request`` (an ``InferRequest``) under the context in its ``traceparent``:
     the batcher's and the worker's hops, recorded from the times they keep anyway."""
-    if _tracer is None:
+    traceparent = str(request.traceparent)
+    if _tracer is None or not _is_sampled(traceparent):  # not sampled at the gateway
         return
     span = _tracer.start_span(
         name,
-        context=_context_of(str(request.traceparent)),
+        context=_context_of(traceparent),
         attributes=_attributes(request) | dict(attributes or {}),
         start_time=start_unix_ns,
     )

@@ -21,6 +21,7 @@ from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
 from meshserve.settings import WorkerSettings
+from meshserve.settings_follow import start_following
 from workers.backends import create_backend
 from workers.backends.base import Backend, ConfigCompleter, LoadContext
 from workers.bls import BlsClient, install
@@ -154,6 +155,7 @@ async def run(settings: WorkerSettings) -> None:
         )
     )
     backend: Backend | None = None
+    follow = start_following(nc, "worker")  # LogSettings / TraceSetting of the mesh
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(announcer.heartbeat(stop))
@@ -189,6 +191,7 @@ async def run(settings: WorkerSettings) -> None:
                 await asyncio.sleep(min(settings.stop_notice_s, settings.exit_timeout_s))
                 await server.stop(settings.exit_timeout_s)
     finally:
+        follow.cancel()
         if backend is not None:
             await asyncio.get_running_loop().run_in_executor(compute, backend.unload)
         compute.shutdown(wait=False)

@@ -246,20 +246,22 @@ class StageSeq(_message.Message):
     def __init__(self, seq_id: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., capacity: _Optional[int] = ..., sampling: _Optional[_Union[StageSampling, _Mapping]] = ..., reply_to: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StageStep(_message.Message):
-    __slots__ = ("step_id", "seqs", "hidden", "dtype", "free", "sent_unix_ns")
+    __slots__ = ("step_id", "seqs", "hidden", "dtype", "free", "sent_unix_ns", "traceparent")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[StageSeq]
     hidden: bytes
     dtype: str
     free: _containers.RepeatedScalarFieldContainer[int]
     sent_unix_ns: int
-    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[StageSeq, _Mapping]]] = ..., hidden: _Optional[bytes] = ..., dtype: _Optional[str] = ..., free: _Optional[_Iterable[int]] = ..., sent_unix_ns: _Optional[int] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[StageSeq, _Mapping]]] = ..., hidden: _Optional[bytes] = ..., dtype: _Optional[str] = ..., free: _Optional[_Iterable[int]] = ..., sent_unix_ns: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class StageTokens(_message.Message):
     __slots__ = ("step_id", "seq_ids", "tokens")

@@ -18,13 +18,14 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from meshserve.harness import Mesh, start_mesh
+from meshserve.harness import Mesh, start_mesh, wait_for
 from tests.llm_repo import build_llm_repo
 from tests.unit.llm_helpers import greedy
 from workers.llm.stage import StageRuntime
@@ -35,7 +36,16 @@ PROMPTS = ["the gateway", "a worker", "stages of one model", "NATS"]
 
 def start(tmp: Path, stages: int) -> tuple[Mesh, Path]:
     ckpt = build_llm_repo(tmp / "repo", stages=stages)
-    mesh = start_mesh(tmp / "repo", tmp / "mesh.log", "--request-timeout-secs", "30", timeout_s=180)
+    (tmp / "logs").mkdir(exist_ok=True)  # where a client may turn on a trace file (test_stage_spans...)
+    mesh = start_mesh(
+        tmp / "repo",
+        tmp / "mesh.log",
+        "--request-timeout-secs",
+        "30",
+        "--log-dir",
+        str(tmp / "logs"),
+        timeout_s=180,
+    )
     deadline = time.monotonic() + 15  # the gateway hears stage 0's READY on NATS a moment after `up` does
     while time.monotonic() < deadline:
         try:
@@ -196,6 +206,44 @@ def test_bad_input_is_400(llm: tuple[Mesh, Path], body: dict[str, object], words
     mesh, _ = llm
     status, reply = post(mesh, "/v2/models/llm/generate", body)
     assert status == 400 and words in str(reply["error"]), reply
+
+
+def test_stage_spans_join_the_request_trace(llm: tuple[Mesh, Path]) -> None:
+    """Tracing turned on at run time: every pipeline stage records one span per step of a traced
+    request, in the request's trace, under the gateway's NATS span."""
+    pytest.importorskip("opentelemetry.sdk.trace", reason="the tracing extra is not installed")
+    mesh, _ = llm
+    settings = {"trace_file": "llm_spans.jsonl", "trace_level": ["TIMESTAMPS"], "trace_rate": "1"}
+    status, answer = post(mesh, "/v2/trace/setting", settings)
+    assert status == 200, answer
+    trace_file = Path(str(answer["trace_file"]))
+    try:
+        time.sleep(1.0)  # the stage processes start their exporters when their watch sees the setting
+        status, _ = post(mesh, "/v2/models/llm/generate", {"text_input": "the gateway", "max_tokens": 3})
+        assert status == 200
+
+        def spans() -> list[dict[str, Any]]:
+            lines = trace_file.read_text().splitlines() if trace_file.exists() else []
+            return [json.loads(line) for line in lines if line.strip()]
+
+        def stage_spans() -> list[dict[str, Any]]:
+            return [s for s in spans() if s["name"] == "llm stage"]
+
+        # 3 tokens: one prefill step and two decode steps, each through both stages
+        assert wait_for(lambda: len(stage_spans()) >= 6, timeout_s=20), stage_spans()
+        (gateway,) = [s for s in spans() if s["name"] == "gateway"]
+        (nats,) = [s for s in spans() if s["name"] == "nats request"]
+        trace_id = gateway["context"]["trace_id"]
+        by_stage: dict[int, list[dict[str, Any]]] = {}
+        for span in stage_spans():
+            assert span["context"]["trace_id"] == trace_id and span["parent_id"] == nats["context"]["span_id"]
+            by_stage.setdefault(span["attributes"]["meshserve.stage"], []).append(span)
+        assert sorted(by_stage) == [0, 1]
+        assert [len(v) for v in by_stage.values()] == [3, 3]
+        assert by_stage[0][0]["attributes"]["meshserve.tokens"] > 1  # the prefill step: the whole prompt
+        assert {s["resource"]["attributes"]["service.name"] for s in stage_spans()} == {"meshserve-worker"}
+    finally:
+        post(mesh, "/v2/trace/setting", {"trace_level": ["OFF"], "trace_rate": None})
 
 
 def test_openai_completions(llm: tuple[Mesh, Path]) -> None:

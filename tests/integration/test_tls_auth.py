@@ -272,6 +272,26 @@ def test_control_needs_the_control_token(secured: Secured) -> None:
     http_c.close()
 
 
+def test_trace_and_log_settings_need_the_control_token(secured: Secured) -> None:
+    grpc_c, http_c = grpc_client(secured), http_client(secured)
+    assert (
+        grpc_status(lambda: grpc_c.update_trace_settings(settings={"trace_rate": "5"}, headers={**INFER}))
+        == "StatusCode.PERMISSION_DENIED"
+    )
+    assert grpc_status(lambda: grpc_c.get_log_settings(headers=None)) == "StatusCode.UNAUTHENTICATED"
+    with pytest.raises(InferenceServerException) as err:
+        http_c.update_log_settings({"log_verbose_level": 1}, headers={**INFER})
+    assert err.value.status() == "403"
+    assert (
+        http_c.get_trace_settings(headers={**CONTROL})["trace_rate"] != "5"
+    )  # the refused call changed nothing
+    assert grpc_c.get_log_settings(headers={**CONTROL}, as_json=True)["settings"]["log_format"] == {
+        "string_param": "default"
+    }
+    grpc_c.close()
+    http_c.close()
+
+
 HOSTILE_NAMES = ["..", "../simple", "simple/../simple", "/etc/passwd", "a\\b", ".hidden", "x\ny"]
 
 

@@ -63,6 +63,13 @@ def test_which_calls_need_which_token() -> None:
     assert http_need("/v2") is Need.INFERENCE
     assert http_need("/v2/repository/models/simple/load") is Need.CONTROL
     assert http_need("/v2/repository/index") is Need.CONTROL
+    # trace and log settings change the server (and may name files): the control token, like load
+    assert grpc_need("/inference.GRPCInferenceService/TraceSetting") is Need.CONTROL
+    assert grpc_need("/inference.GRPCInferenceService/LogSettings") is Need.CONTROL
+    assert http_need("/v2/trace/setting") is Need.CONTROL
+    assert http_need("/v2/models/simple/trace/setting") is Need.CONTROL
+    assert http_need("/v2/logging") is Need.CONTROL
+    assert http_need("/v2/models/trace/setting/infer") is Need.INFERENCE
 
 
 @pytest.mark.parametrize(

@@ -123,3 +123,70 @@ def test_file_exporter_appends_json_lines(tmp_path: Path) -> None:
 def test_unknown_mode_stays_off() -> None:
     assert not tracing.setup("test", mode="jaeger")
     assert not tracing.enabled()
+
+
+def test_an_unsampled_request_carries_no_context_and_records_nothing(exporter: InMemorySpanExporter) -> None:
+    decisions = iter([False, True])
+    tracing.set_sampler(lambda model: next(decisions))
+    message = request()
+    message.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"  # stale, from elsewhere
+    dispatcher = FakeDispatcher()
+    assert asyncio.run(dispatcher.infer(message, 1.0)) == "ok"
+    assert dispatcher.seen_traceparent == "" and exporter.get_finished_spans() == ()
+    assert asyncio.run(dispatcher.infer(request(), 1.0)) == "ok"
+    assert len(exporter.get_finished_spans()) == 4
+
+
+def test_batcher_and_worker_follow_the_sampled_flag(exporter: InMemorySpanExporter) -> None:
+    message = request()
+    for flags in ("00", ""):
+        message.traceparent = f"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}".rstrip("-")
+        tracing.record_span("worker compute", message, 1_000, 2_000)
+    assert exporter.get_finished_spans() == ()
+    message.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    tracing.record_span("worker compute", message, 1_000, 2_000)
+    assert len(exporter.get_finished_spans()) == 1
+
+
+def test_a_client_traceparent_is_the_parent_of_the_gateway_span(exporter: InMemorySpanExporter) -> None:
+    async def call() -> None:
+        tracing.adopt_client_context("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        await FakeDispatcher().infer(request(), 1.0)
+
+    asyncio.run(call())
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    gateway = spans["gateway"]
+    assert f"{gateway.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert gateway.parent is not None and f"{gateway.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert len({s.context.trace_id for s in spans.values()}) == 1
+
+
+def test_a_malformed_client_traceparent_starts_a_new_trace(exporter: InMemorySpanExporter) -> None:
+    async def call() -> None:
+        tracing.adopt_client_context("not-a-traceparent")
+        await FakeDispatcher().infer(request(), 1.0)
+
+    asyncio.run(call())
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["gateway"].parent is None and len(spans) == 4
+
+
+def test_start_file_turns_tracing_on_and_moves_the_file(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert not tracing.enabled()
+    try:
+        assert tracing.start_file(str(first), "worker")
+        assert tracing.enabled() and tracing.file_path() == str(first)
+        message = request()
+        message.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        tracing.record_span("worker compute", message, 1_000, 2_000)
+        assert tracing.start_file(str(second))
+        tracing.record_span("worker compute", message, 3_000, 4_000)
+    finally:
+        tracing.shutdown()
+    assert len(first.read_text().splitlines()) == 1 and len(second.read_text().splitlines()) == 1
+
+
+def test_start_file_leaves_another_exporter_alone(exporter: InMemorySpanExporter, tmp_path: Path) -> None:
+    assert not tracing.start_file(str(tmp_path / "x.jsonl"))
+    assert tracing.file_path() == ""

@@ -9,6 +9,7 @@ from workers.backends.base import Backend
 __all__ = ["create_backend"]
 
 _MODULES = {
+    "caffe": "workers.backends.caffe_backend",
     "onnxruntime": "workers.backends.onnxruntime_backend",
     "python": "workers.backends.python_backend",
     "pytorch": "workers.backends.pytorch_backend",

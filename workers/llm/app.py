@@ -28,6 +28,7 @@ from meshserve.model_config import load_config
 from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.settings import WorkerSettings
+from meshserve.settings_follow import start_following
 from workers.app import Announcer
 from workers.llm import discovery
 from workers.llm.engine import Engine
@@ -112,6 +113,7 @@ async def run(settings: WorkerSettings) -> None:
     stop = install_stop_signals(settings.exit_with_parent)
     stage = settings.stage
     nc = await connect_nats(settings.nats_url, f"llm-{settings.model_name}-stage{stage}")
+    follow = start_following(nc, "worker")  # LogSettings / TraceSetting of the mesh
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     loop = asyncio.get_running_loop()
     model_dir = settings.model_repository / settings.model_name
@@ -227,6 +229,7 @@ async def run(settings: WorkerSettings) -> None:
             await _announce_failure(nc, settings, stage, stages, reason, stop)
         await stop.wait()
     finally:
+        follow.cancel()
         compute.shutdown(wait=False)
         await close_nats(nc)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from meshserve import tensors
+from meshserve import tensors, tracing
 from meshserve.errors import InvalidArgument, MeshError, Unavailable
 from meshserve.params import param_value, set_param
 from meshserve.pb import mesh_pb2
@@ -59,6 +59,8 @@ class Sequence:
     cancelled: bool = False
     done: bool = False
     admitted_ns: int = 0
+    traceparent: str = ""
+    """Set when the gateway sampled the request for tracing: each stage's span of its steps joins it."""
 
 
 class Engine:
@@ -157,6 +159,7 @@ class Engine:
             seq_id=next(self._ids), reply_to=reply_to, request_id=message.request_id, prompt=ids,
             params=sampling, stream=stream, detok=Detokenizer(self.tok, sampling.stop),
             capacity=len(ids) + sampling.max_tokens, next_input=list(ids), admitted_ns=time.monotonic_ns(),
+            traceparent=message.traceparent,
         )  # fmt: skip
         if reply_to:
             self.by_reply[reply_to] = seq
@@ -226,14 +229,26 @@ class Engine:
             ids.extend(seq.next_input)
         if batch:
             self.inflight[step.step_id] = batch
+        traced = next((seq for seq in batch if seq.traceparent), None) if tracing.enabled() else None
+        if traced is not None:  # the later stages record their spans of this step under it too
+            step.traceparent = traced.traceparent
         loop = asyncio.get_running_loop()
         epoch = self.epoch
+        start_ns = time.time_ns()
         try:
             out = await loop.run_in_executor(self.compute, self._compute, step, ids)
         except Exception as exc:
             log.exception("stage 0: step failed")
             await self.reset(f"stage 0 failed a step: {type(exc).__name__}: {exc}")
             return
+        if traced is not None:
+            tracing.record_step_span(
+                "llm stage",
+                traced.traceparent,
+                start_ns,
+                time.time_ns(),
+                step_attributes(self.model, 0, step, len(ids)) | {tracing.REQUEST_ID: traced.request_id},
+            )
         if epoch != self.epoch:
             return  # a fault ended these sequences while the step ran
         if isinstance(out, mesh_pb2.StageTokens):
@@ -373,3 +388,14 @@ class Engine:
             await self._publish(reply_to, response.SerializeToString())
         except Exception as exc:
             log.warning("cannot publish to %s: %s", reply_to, exc)
+
+
+def step_attributes(model: str, stage: int, step: mesh_pb2.StageStep, tokens: int) -> dict[str, str | int]:
+    """What an ``llm stage`` span says about the step: which stage, which micro-batch, how big."""
+    return {
+        "meshserve.model": model,
+        "meshserve.stage": stage,
+        "meshserve.step_id": step.step_id,
+        "meshserve.sequences": len(step.seqs),
+        "meshserve.tokens": tokens,
+    }

@@ -23,9 +23,11 @@ import torch
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from meshserve import tracing
 from meshserve.errors import Unavailable
 from meshserve.pb import mesh_pb2, mesh_pb2_grpc
 from workers.llm import discovery
+from workers.llm.engine import step_attributes
 from workers.llm.params import LlmParams
 from workers.llm.stage import SeqInfo, StageRuntime, decode_hidden, encode_hidden
 
@@ -260,12 +262,17 @@ class StageNode(mesh_pb2_grpc.PipelineStageServicer):
         loop = asyncio.get_running_loop()
         while True:
             step = await self._inbox.get()
+            start_ns = time.time_ns()
             try:
                 out = await loop.run_in_executor(self.compute, self._compute, step)
             except Exception as exc:
                 log.exception("stage %d: step %d failed", self.stage, step.step_id)
                 await self.fault(f"stage {self.stage} failed a step: {type(exc).__name__}: {exc}")
                 continue
+            if step.traceparent:  # set only when tracing is on and the step holds a traced request
+                tokens = sum(s.length for s in step.seqs)
+                attributes = step_attributes(self.model, self.stage, step, tokens)
+                tracing.record_step_span("llm stage", step.traceparent, start_ns, time.time_ns(), attributes)
             if isinstance(out, mesh_pb2.StageTokens):
                 if step.seqs:
                     await self._send_quiet(mesh_pb2.StageFrame(tokens=out))
@@ -293,8 +300,9 @@ class StageNode(mesh_pb2_grpc.PipelineStageServicer):
             )
         data, dtype = encode_hidden(out)
         forwarded = mesh_pb2.StageStep(
-            step_id=step.step_id, hidden=data, dtype=dtype, free=step.free, sent_unix_ns=time.time_ns()
-        )
+            step_id=step.step_id, hidden=data, dtype=dtype, free=step.free, sent_unix_ns=time.time_ns(),
+            traceparent=step.traceparent,
+        )  # fmt: skip
         for s in step.seqs:
             forwarded.seqs.append(s)
         return forwarded
