@@ -67,6 +67,7 @@ async def run(settings: GatewaySettings) -> None:
     core = InferenceCore(settings, models, dispatcher)
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
+    await core.shm_control.attach(nc, core.peers.live_peers)
     core.runtime = RuntimeSettings(await SettingsStore.open(nc), lambda name: name in models.names())
     runtime_watch = asyncio.create_task(core.runtime.watch())  # TraceSetting / LogSettings of any gateway
 
@@ -141,6 +142,7 @@ async def run(settings: GatewaySettings) -> None:
         await grpc_server.stop(grace=min(settings.limits.request_timeout_s, 10.0))
         await runner.cleanup()
         await metrics_runner.cleanup()
+        await core.shm_control.detach()
         await core.peers.stop()
         await close_nats(nc)
 

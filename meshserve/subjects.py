@@ -77,6 +77,12 @@ def gateway_stats() -> str:
     return f"{PREFIX}.gateway.stats"
 
 
+def gateway_shm() -> str:
+    """Where a gateway announces a shared memory region it registered or unregistered, so the other
+    gateways on its host take the same (``gateway/shm_mirror.py``)."""
+    return f"{PREFIX}.gateway.shm"
+
+
 def cancel(model_name: str, version: int) -> str:
     """Where a gateway says a request's requester is gone (payload: the request's reply subject);
     every batcher and the model version's workers listen, so the request leaves its queue or stops."""
