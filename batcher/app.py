@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -19,7 +20,7 @@ from batcher.metrics import start_metrics_server
 from batcher.model_rules import rules_from_announcement, signature_of
 from batcher.policy import Pending
 from batcher.scheduler import ModelScheduler, Queued
-from meshserve import subjects
+from meshserve import custody, subjects
 from meshserve.errors import MeshError, Unavailable
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.listen import bind_listener
@@ -47,6 +48,10 @@ class Batcher:
         self._stopping = False
         self._drained = asyncio.Event()
         """Set, while stopping, when the last batch in flight is done."""
+        self.id = uuid.uuid4().hex[:16]
+        """This batcher's name in its heartbeats and custody acknowledgements (meshserve/custody.py)."""
+        self._acks: dict[str, list[str]] = {}
+        """Acknowledgement subject → tokens of the requests taken since the last flush."""
 
     def schedulers(self) -> list[ModelScheduler]:
         """Every model version's scheduler (the metrics endpoint reads them)."""
@@ -60,6 +65,44 @@ class Batcher:
         await self._nc.subscribe(subjects.cancel_all(), cb=self._on_cancel)
         await self._nc.publish(subjects.worker_query(), b"")
         self._tg.create_task(self._reap_stale())
+        self._tg.create_task(self._heartbeat())
+        self._tg.create_task(self._flush_acks())
+
+    # -- custody (meshserve/custody.py): who holds which request, and that this batcher lives -------
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._publish_quietly(subjects.batcher_announce(), custody.encode_heartbeat(self.id))
+            await asyncio.sleep(self._settings.limits.batcher_heartbeat_s)
+
+    async def _flush_acks(self) -> None:
+        while True:
+            await asyncio.sleep(custody.ACK_FLUSH_S)
+            await self.send_acks()
+
+    def _custody_note(self, items: list[Queued], with_worker: bool) -> None:
+        """Queue the acknowledgements: taken (or back in a queue for a retry), or sent to a worker."""
+        mark = custody.WITH_WORKER if with_worker else ""
+        for item in items:
+            if item.ack_to and item.reply_to:
+                self._acks.setdefault(item.ack_to, []).append(mark + item.reply_to.rsplit(".", 1)[-1])
+
+    async def send_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for subject, tokens in acks.items():
+            await self._publish_quietly(subject, custody.encode_held(self.id, tokens))
+
+    async def say_goodbye(self) -> None:
+        """After the hand-off and the batches in flight: the gateways stop watching this batcher."""
+        await self.send_acks()
+        await self._publish_quietly(
+            subjects.batcher_announce(), custody.encode_heartbeat(self.id, alive=False)
+        )
+
+    async def _publish_quietly(self, subject: str, data: bytes) -> None:
+        try:
+            await self._nc.publish(subject, data)
+        except Exception as exc:  # NATS down: the next beat or flush tries again
+            log.debug("cannot publish on %s: %s", subject, exc)
 
     # -- requests ---------------------------------------------------------------------------------
     async def _on_request(self, msg: Msg) -> None:
@@ -83,10 +126,14 @@ class Batcher:
             deadline_s=_monotonic_deadline(request.deadline_unix_ns),
             priority=request.priority,
             timeout_s=request.timeout_us / 1e6,
+            ack_to=(msg.headers or {}).get(custody.ACK_HEADER, ""),
         )
         if scheduler is None:
+            # a gateway answers it straight to its requester, whatever happens to this batcher
+            self._custody_note([item], with_worker=True)
             await self._pass_to_gateways(item)
             return
+        self._custody_note([item], with_worker=False)
         error = scheduler.admit(item)
         if error is not None:
             await self.reply_error(item, error)
@@ -166,6 +213,7 @@ class Batcher:
                 self._settings.max_queue_size,
                 self.reply_error,
                 max_batch_bytes=self._settings.limits.frame_bytes - 1024 * 1024,
+                on_custody=self._custody_note,
             )
             self._schedulers[key] = scheduler
             self._tg.create_task(scheduler.run())
@@ -278,7 +326,10 @@ class Batcher:
             return
         try:
             await self._nc.publish(
-                subjects.infer(item.model_name, item.model_version), item.raw, reply=item.reply_to
+                subjects.infer(item.model_name, item.model_version),
+                item.raw,
+                reply=item.reply_to,
+                headers={custody.ACK_HEADER: item.ack_to} if item.ack_to else None,
             )
         except Exception as exc:
             log.warning("cannot hand request %r to another batcher: %s", item.request_id, exc)
@@ -320,6 +371,7 @@ async def run(settings: BatcherSettings) -> None:
             announce_ready("batcher", nats=settings.nats_url, metrics_port=metrics_port)
             await stop.wait()
             await batcher.drain(settings.limits.request_timeout_s / 4)
+            await batcher.say_goodbye()
             raise _Stop
     except* _Stop:
         pass

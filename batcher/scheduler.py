@@ -50,6 +50,8 @@ class Queued:
     """Set on admission from the level's queue policy."""
     retried: bool = False
     """Already sent again once after its instance was lost."""
+    ack_to: str = ""
+    """Where the requester wants to hear who holds it (``meshserve/custody.py``); kept for a hand-off."""
 
 
 class ModelScheduler:
@@ -61,8 +63,12 @@ class ModelScheduler:
         max_queue_size: int,
         reply_error: ReplyError,
         max_batch_bytes: int = 256 * 1024 * 1024,
+        on_custody: Callable[[list[Queued], bool], None] | None = None,
     ) -> None:
         self.model, self.version = model, version
+        self._on_custody = on_custody
+        """Told when items go to a worker (True) or come back to a queue for a retry (False), so the
+        requesters know who answers them (meshserve/custody.py)."""
         self.rules = rules
         self._max_queue_size = max_queue_size
         self._max_batch_bytes = max_batch_bytes
@@ -221,6 +227,8 @@ class ModelScheduler:
                     "batcher queue", request, dispatch_unix_ns - item.queue_ns, dispatch_unix_ns
                 )
         await link.send(InFlight(batch=batch, sent_s=now, items=list(items)))
+        if self._on_custody is not None:
+            self._on_custody(items, True)
 
     async def _expire(self, now: float) -> None:
         expired = self._queues.expire(now)
@@ -251,6 +259,8 @@ class ModelScheduler:
                 "retrying %d requests of %s v%d on another instance", len(items), self.model, self.version
             )
             self._queues.push_front(items, level)
+            if self._on_custody is not None:
+                self._on_custody(items, False)
         if retry:
             self._wake.set()
 

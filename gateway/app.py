@@ -62,13 +62,15 @@ async def run(settings: GatewaySettings) -> None:
         if states is not None
         else None
     )
-    dispatcher = Dispatcher(nc)
+    dispatcher = Dispatcher(nc, batcher_timeout_s=settings.limits.batcher_timeout_s)
     events.disconnected.append(dispatcher.connection_lost)
+    events.reconnected.append(dispatcher.connection_back)
     core = InferenceCore(settings, models, dispatcher)
     core.peers = GatewayPeers(nc, core.local_statistics, collect_timeout_s=settings.stats_collect_timeout_s)
     await core.peers.start()
     mesh_ensembles = MeshEnsembles(nc, core)  # BLS calls to ensembles (gateway/mesh_ensembles.py)
     await mesh_ensembles.start()
+    await core.shm_control.attach(nc, core.peers.live_peers)
     core.runtime = RuntimeSettings(await SettingsStore.open(nc), lambda name: name in models.names())
     runtime_watch = asyncio.create_task(core.runtime.watch())  # TraceSetting / LogSettings of any gateway
 
@@ -143,6 +145,7 @@ async def run(settings: GatewaySettings) -> None:
         await grpc_server.stop(grace=min(settings.limits.request_timeout_s, 10.0))
         await runner.cleanup()
         await metrics_runner.cleanup()
+        await core.shm_control.detach()
         await core.peers.stop()
         await mesh_ensembles.stop()
         await close_nats(nc)

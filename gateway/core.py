@@ -20,11 +20,13 @@ from gateway.ordering import OrderedReleases
 from gateway.peers import GatewayPeers
 from gateway.repository_params import ParamValue, control_request
 from gateway.runtime_settings import RuntimeSettings
+from gateway.shm import SharedMemoryRegistry
+from gateway.shm_mirror import ShmMirror
 from gateway.stats import FailureReason, StatsBook, failure_reason
 from gateway.timing import add_breakdown, wants_timing
 from gateway.validate import InferCall, build_request
 from meshserve import __version__
-from meshserve.errors import MeshError, Unsupported, from_wire
+from meshserve.errors import InvalidArgument, MeshError, Unsupported, from_wire
 from meshserve.pb import mesh_pb2
 from meshserve.security import check_model_name
 from meshserve.settings import GatewaySettings
@@ -39,6 +41,7 @@ EXTENSIONS = (
     "parameters",
     "model_repository",
     "model_repository(unload_dependents)",
+    "system_shared_memory",
     "trace",
     "logging",
     "meshserve",
@@ -63,6 +66,10 @@ class InferenceCore:
         self._ordering = OrderedReleases()
         self.peers: GatewayPeers | None = None
         """Set by the gateway process: statistics then add up every gateway's counts."""
+        self.shm = SharedMemoryRegistry(settings.request_limits.max_shm_regions)
+        """Clients' system shared memory regions (``gateway/shm.py``, docs/shared-memory.md)."""
+        self.shm_control = ShmMirror(self.shm, settings.stats_collect_timeout_s)
+        """Register / unregister here and on the peer gateways (attached by the gateway process)."""
         self.runtime: RuntimeSettings | None = None
         """Set by the gateway process: TraceSetting / LogSettings (``gateway/runtime_settings.py``)."""
 
@@ -83,12 +90,15 @@ class InferenceCore:
                 "sends 0..N responses per request: call it with gRPC ModelStreamInfer or HTTP "
                 "generate_stream)"
             )
-        start = time.perf_counter_ns()
-        with self.stats.in_flight(view.name, view.version):
-            if _preserves_ordering(view):
-                response = await self._ordered_round_trip(view, call, client_timeout_s, start)
-            else:
-                response = await self._round_trip(view, call, client_timeout_s, start)
+        # shared memory: inputs are read into the call now, output regions stay pinned (gateway/shm.py)
+        with self.shm.lease(call, self.settings.limits.max_message_bytes) as lease:
+            start = time.perf_counter_ns()
+            with self.stats.in_flight(view.name, view.version):
+                if _preserves_ordering(view):
+                    response = await self._ordered_round_trip(view, call, client_timeout_s, start)
+                else:
+                    response = await self._round_trip(view, call, client_timeout_s, start)
+            lease.write_outputs(response)
         if wants_timing(call.parameters):
             add_breakdown(response, time.perf_counter_ns() - start)
         return InferOutcome(view, response)
@@ -155,6 +165,13 @@ class InferenceCore:
         decoupled ensemble's responses come from its pipeline (``gateway/ensemble.py``)."""
         view = self.models.ready_view(model, version)
         limits = self.settings.limits
+        if call.output_shm:
+            raise InvalidArgument(
+                f"model '{view.name}' is decoupled: its outputs cannot be written into shared memory "
+                "(its responses stream); request them without shared_memory parameters"
+            )
+        with self.shm.lease(call, limits.max_message_bytes):
+            pass  # shared-memory inputs are read into the call here
         start = time.perf_counter_ns()
         timing: mesh_pb2.Timing | None = None
         with self.stats.in_flight(view.name, view.version):

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from meshserve import subjects, tracing
+from gateway.custody import CustodyBook, Held
+from meshserve import custody, subjects, tracing
 from meshserve.errors import (
     DeadlineExceeded,
     Internal,
@@ -43,6 +44,9 @@ __all__ = ["Dispatcher", "ReplyInbox", "StreamInbox", "StreamOverflow"]
 
 NO_RESPONDERS_STATUS = "503"
 """The status header nats-server puts on the reply when nobody is subscribed to a request's subject."""
+
+MIN_RESEND_S = 0.1
+"""A request orphaned by a dead batcher is published again only with at least this much deadline left."""
 
 _background: set[asyncio.Task[None]] = set()
 
@@ -67,17 +71,81 @@ def _connection_down(nc: Client) -> Unavailable | None:
     return Unavailable("the gateway's NATS connection is down (reconnecting); retry shortly")
 
 
-class Dispatcher:
-    def __init__(self, nc: Client, stream_queue_size: int = 1024) -> None:
+def _orphan_error(held: Held, timeout_s: float, model: str) -> Unavailable:
+    why = (
+        "it was already sent again once"
+        if held.resent
+        else "too little of its deadline was left to resend it"
+    )
+    return Unavailable(
+        f"the batcher holding this request for model '{model}' went silent (no heartbeat for "
+        f"{timeout_s:g} s: it stopped or was killed) and {why}; retry"
+    )
+
+
+class BatcherWatch:
+    """Batchers' heartbeats for every inbox's :class:`CustodyBook`, and a look every quarter of the
+    timeout for requests whose batcher died (``meshserve/custody.py``)."""
+
+    def __init__(self, nc: Client, timeout_s: float) -> None:
         self._nc = nc
-        self._replies = ReplyInbox(nc)
-        self._streams = StreamInbox(nc, stream_queue_size)
+        self.timeout_s = timeout_s
+        self._books: list[tuple[CustodyBook, Callable[[list[tuple[str, Held]]], None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def book(self, on_orphans: Callable[[list[tuple[str, Held]]], None]) -> CustodyBook:
+        book = CustodyBook(self.timeout_s)
+        self._books.append((book, on_orphans))
+        return book
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._look())
+        await self._nc.subscribe(subjects.batcher_announce(), cb=self._on_announce)
+
+    async def _on_announce(self, msg: Msg) -> None:
+        beat = custody.decode_heartbeat(msg.data)
+        if beat is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for book, _ in self._books:
+            book.heartbeat(*beat, now)
+
+    def reset_clock(self) -> None:
+        now = asyncio.get_running_loop().time() if self._task is not None else 0.0
+        for book, _ in self._books:
+            book.reset_clock(now)
+
+    async def _look(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.timeout_s / 4)
+            for book, on_orphans in self._books:
+                try:
+                    orphans = book.orphans(loop.time())
+                    if orphans:
+                        on_orphans(orphans)
+                except Exception:
+                    log.exception("handling requests of a dead batcher failed")
+
+
+class Dispatcher:
+    def __init__(self, nc: Client, stream_queue_size: int = 1024, batcher_timeout_s: float = 3.0) -> None:
+        self._nc = nc
+        self._watch = BatcherWatch(nc, batcher_timeout_s)
+        self._replies = ReplyInbox(nc, self._watch)
+        self._streams = StreamInbox(nc, stream_queue_size, self._watch)
 
     def connection_lost(self) -> None:
         """NATS dropped: nothing in flight will get its reply; fail every waiting request now."""
         error = Unavailable("the gateway lost its NATS connection while the request was in flight")
         self._replies.fail_all(error)
         self._streams.fail_all(error)
+
+    def connection_back(self) -> None:
+        """NATS is back: the batchers' silence was ours; give each a fresh timeout."""
+        self._watch.reset_clock()
 
     async def control(self, request: mesh_pb2.ControlRequest, timeout_s: float) -> None:
         """Ask the model controller to load or unload; raise what it answers."""
@@ -134,21 +202,56 @@ class Dispatcher:
 class ReplyInbox:
     """Replies to one-response requests: one wildcard subscription, one future per request."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, watch: BatcherWatch | None = None) -> None:
         self._nc = nc
         self._prefix = ""
         self._tokens = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._watch = watch if watch is not None else BatcherWatch(nc, 3.0)
+        self._custody = self._watch.book(self._on_orphans)
+        self._models: dict[str, str] = {}
 
     async def start(self) -> None:
         prefix = self._nc.new_inbox()
         await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
+        await self._watch.start()
         self._prefix = prefix
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject.rsplit(".", 1)[-1])
+        token = msg.subject.rsplit(".", 1)[-1]
+        if token == custody.HELD_TOKEN:
+            batcher_id, tokens = custody.decode_held(msg.data)
+            if batcher_id:
+                self._custody.acknowledged(batcher_id, tokens, asyncio.get_running_loop().time())
+            return
+        future = self._waiting.get(token)
         if future is not None and not future.done():
-            future.set_result(msg)
+            future.set_result(msg)  # the first reply wins; a duplicate finds no waiter and is dropped
+
+    def _on_orphans(self, orphans: list[tuple[str, Held]]) -> None:
+        now = asyncio.get_running_loop().time()
+        for token, held in orphans:
+            future = self._waiting.get(token)
+            if future is None or future.done():
+                self._custody.release(token)
+            elif not held.resent and held.deadline - now > MIN_RESEND_S:
+                self._custody.resent(token, now)
+                _spawn(self._resend(token, held, future))
+            else:
+                future.set_exception(_orphan_error(held, self._watch.timeout_s, self._models.get(token, "")))
+
+    async def _resend(self, token: str, held: Held, future: asyncio.Future[Msg]) -> None:
+        log.warning("the batcher holding request %s went silent; publishing it again", token)
+        try:
+            await self._nc.publish(
+                held.subject,
+                held.data,
+                reply=f"{self._prefix}.{token}",
+                headers={custody.ACK_HEADER: custody.ack_subject(self._prefix)},
+            )
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(Unavailable(f"cannot send the request into the mesh again: {exc}"))
 
     def fail_all(self, error: MeshError) -> None:
         for future in self._waiting.values():
@@ -168,16 +271,22 @@ class ReplyInbox:
             await self.start()
         token = str(next(self._tokens))
         reply_to = f"{self._prefix}.{token}"
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
+        self._custody.track(token, Held(subject, data, loop.time() + timeout_s, loop.time()))
+        self._models[token] = request.model_name
         answered = False
         try:
-            await self._nc.publish(subject, data, reply=reply_to)
+            ack = {custody.ACK_HEADER: custody.ack_subject(self._prefix)}
+            await self._nc.publish(subject, data, reply=reply_to, headers=ack)
             async with asyncio.timeout(timeout_s):
                 msg = await future
             answered = True
         finally:
             self._waiting.pop(token, None)
+            self._custody.release(token)
+            self._models.pop(token, None)
             if not answered:
                 _spawn(_publish_cancel(self._nc, request, reply_to))
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
@@ -206,7 +315,7 @@ class StreamInbox:
     """Replies for decoupled requests (0..N responses each): one wildcard subscription per gateway,
     one bounded queue per request, routed by the last token of the reply subject."""
 
-    def __init__(self, nc: Client, queue_size: int) -> None:
+    def __init__(self, nc: Client, queue_size: int, watch: BatcherWatch | None = None) -> None:
         self._nc = nc
         self._queue_size = queue_size
         self._prefix = ""
@@ -214,25 +323,64 @@ class StreamInbox:
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._overflowed: set[str] = set()
         self._failed: dict[str, MeshError] = {}
+        self._watch = watch if watch is not None else BatcherWatch(nc, 3.0)
+        # custody ends with the first response: from then on the worker streams to us directly
+        self._custody = self._watch.book(self._on_orphans)
 
     def fail_all(self, error: MeshError) -> None:
         """End every open stream with ``error`` (the NATS connection dropped)."""
-        for token, queue in self._queues.items():
-            self._failed[token] = error
-            try:
-                queue.put_nowait(b"")  # wake the reader; it finds the error first
-            except asyncio.QueueFull:
-                pass  # the reader is not waiting: it sees the error when it next looks
+        for token in list(self._queues):
+            self._fail(token, error)
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
         await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+        await self._watch.start()
+
+    def _fail(self, token: str, error: MeshError) -> None:
+        queue = self._queues.get(token)
+        if queue is None:
+            return
+        self._failed[token] = error
+        try:
+            queue.put_nowait(b"")  # wake the reader; it finds the error first
+        except asyncio.QueueFull:
+            pass  # the reader is not waiting: it sees the error when it next looks
+
+    def _on_orphans(self, orphans: list[tuple[str, Held]]) -> None:
+        now = asyncio.get_running_loop().time()
+        for token, held in orphans:
+            if token not in self._queues:
+                self._custody.release(token)
+            elif not held.resent and held.deadline - now > MIN_RESEND_S:
+                self._custody.resent(token, now)
+                _spawn(self._resend(token, held))
+            else:
+                self._fail(token, _orphan_error(held, self._watch.timeout_s, held.subject.split(".")[2]))
+
+    async def _resend(self, token: str, held: Held) -> None:
+        log.warning("the batcher holding stream request %s went silent; publishing it again", token)
+        try:
+            await self._nc.publish(
+                held.subject,
+                held.data,
+                reply=f"{self._prefix}.{token}",
+                headers={custody.ACK_HEADER: custody.ack_subject(self._prefix)},
+            )
+        except Exception as exc:
+            self._fail(token, Unavailable(f"cannot send the request into the mesh again: {exc}"))
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
+        if token == custody.HELD_TOKEN:
+            batcher_id, tokens = custody.decode_held(msg.data)
+            if batcher_id:
+                self._custody.acknowledged(batcher_id, tokens, asyncio.get_running_loop().time())
+            return
         queue = self._queues.get(token)
         if queue is None:
             return  # the requester gave up; late responses are dropped
+        self._custody.release(token)
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
             self._failed[token] = Unavailable("no batcher is serving requests (none is subscribed on NATS)")
         try:
@@ -259,8 +407,14 @@ class StreamInbox:
         try:
             subject = subjects.infer(request.model_name, request.model_version)
             data = fit_payload(self._nc, request)
+            self._custody.track(token, Held(subject, data, deadline, loop.time()))
             try:
-                await self._nc.publish(subject, data, reply=f"{self._prefix}.{token}")
+                await self._nc.publish(
+                    subject,
+                    data,
+                    reply=f"{self._prefix}.{token}",
+                    headers={custody.ACK_HEADER: custody.ack_subject(self._prefix)},
+                )
             except Exception as exc:
                 raise Unavailable(
                     f"cannot send the request into the mesh: {type(exc).__name__}: {exc}"
@@ -295,6 +449,7 @@ class StreamInbox:
                     return
         finally:
             self._queues.pop(token, None)
+            self._custody.release(token)
             self._overflowed.discard(token)
             self._failed.pop(token, None)
             if not finished:  # the client went away, too slow, or past its deadline: stop the work

@@ -19,8 +19,9 @@ from gateway.core import InferenceCore
 from gateway.grpc_codec import decode_infer, encode_infer
 from gateway.repository_params import ParamValue
 from gateway.runtime_settings import RuntimeSettings
+from gateway.shm import cuda_register_refusal, cuda_status
 from meshserve import tracing
-from meshserve.errors import Internal, MeshError, Unavailable, Unsupported
+from meshserve.errors import Internal, MeshError, Unavailable
 from meshserve.pb import grpc_service_pb2 as pb
 from meshserve.pb import grpc_service_pb2_grpc as pb_grpc
 
@@ -104,14 +105,6 @@ def _log_response(settings: Mapping[str, Any]) -> pb.LogSettingsResponse:
     return response
 
 
-def _not_yet(name: str, issue: str) -> Handler[Any, Any]:
-    async def handler(self: Any, request: Any, context: Ctx) -> Any:
-        raise Unsupported(f"{name} is not implemented by meshserve yet ({issue})")
-
-    handler.__name__ = name
-    return _rpc(handler)
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self._core = core
@@ -169,7 +162,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         call = decode_infer(request)
         outcome = await self._core.infer(request.model_name, request.model_version, call, client_timeout_s)
-        return encode_infer(outcome.response, outcome.view.version)
+        return encode_infer(outcome.response, outcome.view.version, call.output_shm)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Ctx
@@ -260,24 +253,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         return pb.RepositoryModelUnloadResponse()
 
-    SystemSharedMemoryStatus = _not_yet(
-        "SystemSharedMemoryStatus", "shared memory is not supported across a mesh"
-    )
-    SystemSharedMemoryRegister = _not_yet(
-        "SystemSharedMemoryRegister", "shared memory is not supported across a mesh"
-    )
-    SystemSharedMemoryUnregister = _not_yet(
-        "SystemSharedMemoryUnregister", "shared memory is not supported across a mesh"
-    )
-    CudaSharedMemoryStatus = _not_yet(
-        "CudaSharedMemoryStatus", "shared memory is not supported across a mesh"
-    )
-    CudaSharedMemoryRegister = _not_yet(
-        "CudaSharedMemoryRegister", "shared memory is not supported across a mesh"
-    )
-    CudaSharedMemoryUnregister = _not_yet(
-        "CudaSharedMemoryUnregister", "shared memory is not supported across a mesh"
-    )
+    # -- shared memory (gateway/shm.py; docs/shared-memory.md) -----------------------------------------
+    @_rpc
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._core.shm.status(request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                )
+            )
+        return response
+
+    @_rpc
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        await self._core.shm_control.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Ctx
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        await self._core.shm_control.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Ctx
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        cuda_status(self._core.shm, request.name)  # none registered: empty, or NOT_FOUND for a name
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_rpc
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Ctx
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise cuda_register_refusal(request.name)
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Ctx
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # nothing can be registered: nothing to do
 
     @_rpc
     async def TraceSetting(self, request: pb.TraceSettingRequest, context: Ctx) -> pb.TraceSettingResponse:

@@ -3,7 +3,8 @@
 A body is JSON, or JSON followed by raw tensor bytes when ``Inference-Header-Content-Length`` gives the
 JSON's length.  Inputs with ``parameters.binary_data_size`` take their bytes from that tail, in input
 order; the others carry ``data`` (flat or nested, row-major).  Outputs go back as binary when the
-request asks (``binary_data`` per output, or ``binary_data_output`` for all).
+request asks (``binary_data`` per output, or ``binary_data_output`` for all).  Inputs and outputs with
+``shared_memory_*`` parameters live in a registered shared memory region (``gateway/shm.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from gateway.json_body import loads_checked
 from gateway.models import ModelView
+from gateway.shm_params import ShmRef, parse_shm_params
 from gateway.validate import InferCall, InputTensor, ParamValue, check_counts, check_tensor_size
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput
@@ -87,6 +89,7 @@ def _decode_header(header: dict[str, Any], binary: memoryview, limits: RequestLi
         )
     binary_default = bool(parameters.pop("binary_data_output", False))
     outputs: dict[str, bool] = {}
+    output_shm: dict[str, ShmRef] = {}
     if not isinstance(raw_outputs, list):
         raise InvalidArgument("'outputs' must be a list")
     for raw in raw_outputs:
@@ -96,10 +99,19 @@ def _decode_header(header: dict[str, Any], binary: memoryview, limits: RequestLi
         if "classification" in out_params:
             raise InvalidArgument("the classification extension is not supported by meshserve yet")
         outputs[raw["name"]] = bool(out_params.get("binary_data", binary_default))
+        ref = parse_shm_params(out_params, f"output '{raw['name']}'")
+        if ref is not None:
+            output_shm[raw["name"]] = ref
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidArgument("'id' must be a string")
-    call = InferCall(request_id=request_id, inputs=inputs, outputs=list(outputs), parameters=parameters)
+    call = InferCall(
+        request_id=request_id,
+        inputs=inputs,
+        outputs=list(outputs),
+        parameters=parameters,
+        output_shm=output_shm,
+    )
     return HttpInfer(call, outputs, binary_default)
 
 
@@ -128,8 +140,13 @@ def _decode_input(
         raise InvalidInput(name, "'shape' must be a list of integers")
     check_tensor_size(name, shape, limits)
     params = _parameters(raw.get("parameters"), f"input '{name}'")
-    if any(key.startswith("shared_memory") for key in params):
-        raise InvalidInput(name, "shared memory inputs are not supported by meshserve; send the data")
+    shm = parse_shm_params(params, f"input '{name}'")
+    if shm is not None:
+        if "data" in raw or "binary_data_size" in params:
+            raise InvalidInput(
+                name, "takes its data from shared memory; 'data' or binary data must not be set"
+            )
+        return InputTensor(name, datatype, shape, b"", shm), 0  # read by gateway/shm.py
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -237,7 +254,10 @@ def encode_infer(
             "shape": list(tensor.shape),
         }
         binary = request.binary_outputs.get(tensor.name, request.binary_default)
-        if binary:
+        ref = request.call.output_shm.get(tensor.name)
+        if ref is not None:  # written into the region: metadata only, no data, no binary_data_size
+            entry["parameters"] = shm_parameters(ref)
+        elif binary:
             entry["parameters"] = {"binary_data_size": len(tensor.data)}
             chunks.append(tensor.data)
         else:
@@ -247,6 +267,14 @@ def encode_infer(
     if not chunks:
         return head, None
     return b"".join([head, *chunks]), len(head)
+
+
+def shm_parameters(ref: ShmRef) -> dict[str, Any]:
+    """An output's shared memory placement, echoed in its response entry."""
+    params: dict[str, Any] = {"shared_memory_region": ref.region, "shared_memory_byte_size": ref.byte_size}
+    if ref.offset:
+        params["shared_memory_offset"] = ref.offset
+    return params
 
 
 def tensor_json_values(tensor: mesh_pb2.Tensor) -> list[Any]:

@@ -21,6 +21,7 @@ from gateway.http_codec import HEADER_LENGTH, decode_infer, encode_infer
 from gateway.http_settings import add_routes as add_settings_routes
 from gateway.json_body import loads_checked
 from gateway.openai_api import add_routes as add_openai_routes
+from gateway.shm_http import add_shm_routes
 from meshserve import tracing
 from meshserve.errors import InvalidArgument, MeshError, ModelNotFound, Unsupported
 from meshserve.model_config import config_to_json
@@ -253,6 +254,8 @@ def build_app(core: InferenceCore) -> web.Application:
         app.router.add_post(prefix + "/generate", generate)
         app.router.add_post(prefix + "/generate_stream", generate_stream)
     add_openai_routes(app, core)  # /v1/completions, /v1/chat/completions, /v1/models (docs/llm.md)
+    # /v2/systemsharedmemory/..., /v2/cudasharedmemory/... (docs/shared-memory.md)
+    add_shm_routes(app, core.shm, core.shm_control)
     add_settings_routes(app, core.runtime)  # /v2[/models/{m}]/trace/setting, /v2/logging
     app.router.add_route("*", "/v2/{tail:.*}", unknown_model_route)
     return app

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from gateway.models import ModelView
+from gateway.shm_params import ShmRef
 from gateway.timing import TIMING_PARAMETER
 from meshserve import tensors
 from meshserve.errors import InvalidArgument, InvalidInput, PayloadTooLarge
@@ -51,6 +52,9 @@ class InputTensor:
     datatype: str
     shape: list[int]
     data: bytes | memoryview
+    shm: ShmRef | None = None
+    """Set when the bytes are in a registered shared memory region; ``gateway/shm.py`` reads them
+    into ``data`` (and clears this) before the request is built."""
 
 
 @dataclass(slots=True)
@@ -61,6 +65,8 @@ class InferCall:
     inputs: list[InputTensor]
     outputs: list[str] = field(default_factory=list)
     parameters: dict[str, ParamValue] = field(default_factory=dict)
+    output_shm: dict[str, ShmRef] = field(default_factory=dict)
+    """Requested outputs to be written into a shared memory region instead of the response."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,18 @@ def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
         default=float(env_default("nats_connect_timeout_secs", "30")),
         help="a service whose first NATS connection fails this long stops with the reason (default %(default)s)",
     )
+    p.add_argument(
+        "--batcher-heartbeat-secs",
+        type=float,
+        default=float(env_default("batcher_heartbeat_secs", "1")),
+        help="how often a batcher says it is alive, seconds (default %(default)s)",
+    )
+    p.add_argument(
+        "--batcher-timeout-secs",
+        type=float,
+        default=float(env_default("batcher_timeout_secs", "3")),
+        help="a batcher silent this long is dead; gateways resend what it held (default %(default)s)",
+    )
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     add_nats_flags(p)
     p.add_argument(
@@ -237,12 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
+    if not 0 < args.batcher_heartbeat_secs < args.batcher_timeout_secs:
+        raise SystemExit("--batcher-timeout-secs must be longer than --batcher-heartbeat-secs (> 0)")
     return Limits(
         max_message_bytes=args.max_message_bytes,
         request_timeout_s=args.request_timeout_secs,
         nats_reconnect_wait_s=args.nats_reconnect_wait_secs,
         nats_max_reconnect_attempts=args.nats_max_reconnect_attempts,
         nats_connect_timeout_s=args.nats_connect_timeout_secs,
+        batcher_heartbeat_s=args.batcher_heartbeat_secs,
+        batcher_timeout_s=args.batcher_timeout_secs,
     )
 
 

@@ -200,6 +200,10 @@ class Launcher:
             str(s.limits.nats_max_reconnect_attempts),
             "--nats-connect-timeout-secs",
             str(s.limits.nats_connect_timeout_s),
+            "--batcher-heartbeat-secs",
+            str(s.limits.batcher_heartbeat_s),
+            "--batcher-timeout-secs",
+            str(s.limits.batcher_timeout_s),
             "--exit-with-parent",
             "--event-loop",
             s.event_loop,
@@ -469,7 +473,10 @@ class Launcher:
         ready["metrics_ports"] = [ready["metrics_port"], *[r["metrics_port"] for r in extra]]
         return ready
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """SIGTERM every child (newest first), wait up to ``grace_s`` (default ``exit_timeout_s``) for
+        each, kill what is left, then stop the embedded nats-server."""
+        grace_s = self._settings.exit_timeout_s if grace_s is None else grace_s
         if self._controller is not None:
             await self._controller.close()
         if self._states_nc is not None:
@@ -479,7 +486,7 @@ class Launcher:
                 child.process.terminate()
         for child in reversed(self._children):
             try:
-                async with asyncio.timeout(self._settings.exit_timeout_s):
+                async with asyncio.timeout(grace_s):
                     await child.process.wait()
             except TimeoutError:
                 log.warning("%s did not stop in time; killing it", child.name)
@@ -491,13 +498,30 @@ class Launcher:
             await self._nats.stop()
 
 
+STARTUP_STOP_GRACE_S = 5.0
+"""How long a child may take to stop when ``up`` is stopped during start-up (nothing is in flight yet;
+a worker still loading its model finishes the load before it sees SIGTERM, so it is killed)."""
+
+
 async def run_up(settings: UpSettings) -> None:
     stop = install_stop_signals()
     launcher = Launcher(settings)
+    starting = asyncio.create_task(launcher.start())
+    stopping = asyncio.create_task(stop.wait())
+    grace_s: float | None = None
     try:
-        summary = await launcher.start()
-        announce_ready("up", **summary)
-        await stop.wait()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            # SIGTERM/SIGINT while children start (a model may load for minutes): stop what has started
+            log.info("stop signal during start-up; stopping what has started")
+            grace_s = min(settings.exit_timeout_s, STARTUP_STOP_GRACE_S)
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return
+        announce_ready("up", **starting.result())
+        await stopping
         log.info("stopping")
     finally:
-        await launcher.stop()
+        starting.cancel()
+        stopping.cancel()
+        await launcher.stop(grace_s)

@@ -5,10 +5,11 @@ fills before a model loads: the name from the directory, the backend from a lega
 the default model file name, and a default ``preferred_batch_size`` rule is left to the batcher.
 
 A model directory without config.pbtxt is accepted when a version directory holds a
-``model.onnx`` (Triton: the config is optional for ONNX models): its config starts as name,
+``model.onnx`` or a ``model.savedmodel/`` (Triton: the config is optional for ONNX and TensorFlow
+SavedModel models): its config starts as name,
 backend and platform, and the worker completes inputs, outputs and ``max_batch_size`` from the
 graph before it announces the model (``needs_auto_complete``).  This module never opens the model
-file itself: the core does not import onnx or onnxruntime.
+file itself: the core does not import onnx, onnxruntime or tensorflow.
 """
 
 from __future__ import annotations
@@ -45,18 +46,25 @@ _PLATFORM_TO_BACKEND = {
     "tensorrt_plan": "tensorrt",
     "caffe": "caffe",
 }
-_BACKEND_TO_PLATFORM = {"pytorch": "pytorch_libtorch", "onnxruntime": "onnxruntime_onnx"}
+_BACKEND_TO_PLATFORM = {
+    "pytorch": "pytorch_libtorch",
+    "onnxruntime": "onnxruntime_onnx",
+    "tensorflow": "tensorflow_savedmodel",
+}
 _BACKEND_TO_PLATFORM["caffe"] = "caffe"  # Triton never had one: backend and platform are both "caffe"
 _DEFAULT_FILENAME = {
     "python": "model.py",
     "pytorch": "model.pt",
     "onnxruntime": "model.onnx",
+    "tensorflow": "model.savedmodel",
     "tensorrt": "model.plan",
     "caffe": "model.caffemodel",
 }
-_AUTO_COMPLETE_BACKENDS = frozenset({"onnxruntime", "caffe"})
+_PLATFORM_FILENAME = {"tensorflow_graphdef": "model.graphdef"}
+"""Platforms whose default model file is not their backend's."""
+_AUTO_COMPLETE_BACKENDS = frozenset({"onnxruntime", "tensorflow", "caffe"})
 """Backends whose worker derives inputs/outputs/max_batch_size from the model file (Triton's MR8)."""
-_CONFIGLESS_MODEL_FILES = {"model.onnx": "onnxruntime"}
+_CONFIGLESS_MODEL_FILES = {"model.onnx": "onnxruntime", "model.savedmodel": "tensorflow"}
 """A model file that stands in for a missing config.pbtxt, and the backend it names."""
 _CONFIGLESS_MODEL_FILES["model.caffemodel"] = "caffe"  # with model.prototxt beside it
 
@@ -97,7 +105,12 @@ def load_config(model_dir: Path) -> mc.ModelConfig:
     return config
 
 
-_MODEL_FILE_BACKENDS = {"model.py": "python", "model.onnx": "onnxruntime", "model.pt": "pytorch"}
+_MODEL_FILE_BACKENDS = {
+    "model.py": "python",
+    "model.onnx": "onnxruntime",
+    "model.pt": "pytorch",
+    "model.savedmodel": "tensorflow",
+}
 """Triton fills a config's missing backend from the default model file it finds in a version directory."""
 _MODEL_FILE_BACKENDS["model.caffemodel"] = "caffe"
 
@@ -152,11 +165,15 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: str = CONFI
     if not config.backend:
         config.backend = _PLATFORM_TO_BACKEND.get(config.platform, "")
     if not config.backend:
-        raise ConfigError(f"{source}: set 'backend' (python, pytorch, onnxruntime) or 'platform'")
+        raise ConfigError(
+            f"{source}: set 'backend' (python, pytorch, onnxruntime, tensorflow, caffe) or 'platform'"
+        )
     if not config.platform and config.backend in _BACKEND_TO_PLATFORM:
         config.platform = _BACKEND_TO_PLATFORM[config.backend]
     if not config.default_model_filename:
-        config.default_model_filename = _DEFAULT_FILENAME.get(config.backend, "")
+        config.default_model_filename = _PLATFORM_FILENAME.get(
+            config.platform, _DEFAULT_FILENAME.get(config.backend, "")
+        )
     if config.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size must be >= 0, got {config.max_batch_size}")
     _check_tensors(config, source)

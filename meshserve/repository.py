@@ -1,6 +1,7 @@
 """The model repository in Triton's layout: ``<repo>/<model>/config.pbtxt`` and ``<model>/<version>/``.
 
-A model directory may lack config.pbtxt when a version directory holds a ``model.onnx``: its entry
+A model directory may lack config.pbtxt when a version directory holds a ``model.onnx`` (or a
+``model.savedmodel/``): its entry
 then carries a minimal config flagged ``auto_complete``, and each worker completes it from the graph
 before announcing it (gateways and batchers use the announced config).
 

@@ -53,6 +53,9 @@ class RequestLimits:
     grpc_stream_inflight: int = 256
     """Requests in flight on one ModelStreamInfer stream; the gateway stops reading the stream until
     one ends (``--grpc-stream-inflight``)."""
+    max_shm_regions: int = 64
+    """System shared memory regions registered with one gateway at once; 0 turns the shared-memory
+    extension off (``--max-shm-regions``, docs/shared-memory.md)."""
 
 
 @dataclass(frozen=True, slots=True)

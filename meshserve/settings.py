@@ -48,6 +48,11 @@ class Limits:
     nats_connect_timeout_s: float = 30.0
     """A first connection to NATS that keeps failing this long stops the service with the reason
     (``--nats-connect-timeout-secs``); nats-py alone would retry it forever."""
+    batcher_heartbeat_s: float = 1.0
+    """How often a batcher says it is alive (``--batcher-heartbeat-secs``)."""
+    batcher_timeout_s: float = 3.0
+    """A batcher silent this long is dead to the gateways: the requests it held are published once more
+    or fail with UNAVAILABLE (``--batcher-timeout-secs``; meshserve/custody.py)."""
 
     @property
     def frame_bytes(self) -> int:

@@ -10,6 +10,7 @@ __all__ = [
     "BATCHER_QUEUE_GROUP",
     "GATEWAY_QUEUE_GROUP",
     "PREFIX",
+    "batcher_announce",
     "cancel",
     "cancel_all",
     "control",
@@ -59,6 +60,12 @@ def worker_query() -> str:
     return f"{PREFIX}.worker.query"
 
 
+def batcher_announce() -> str:
+    """Where each batcher publishes its heartbeat (and goodbye); gateways watch it to learn that a
+    batcher holding their requests died (``meshserve/custody.py``)."""
+    return f"{PREFIX}.batcher.announce"
+
+
 def control() -> str:
     """Where gateways send load/unload requests; the controller (``meshserve up``) answers."""
     return f"{PREFIX}.control"
@@ -72,6 +79,12 @@ def gateway_announce() -> str:
 def gateway_stats() -> str:
     """Where a gateway asks every gateway for its statistics (one mesh-wide ModelStatistics answer)."""
     return f"{PREFIX}.gateway.stats"
+
+
+def gateway_shm() -> str:
+    """Where a gateway announces a shared memory region it registered or unregistered, so the other
+    gateways on its host take the same (``gateway/shm_mirror.py``)."""
+    return f"{PREFIX}.gateway.shm"
 
 
 def cancel(model_name: str, version: int) -> str:

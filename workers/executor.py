@@ -55,10 +55,13 @@ class BatchExecutor:
     ) -> None:
         self._backend = backend
         self.cancels = cancels if cancels is not None else CancelBook()
-        """Requests whose requesters went away: not run when not started yet; decoupled ones see
-        ``is_cancelled()`` and their further responses are dropped."""
+        """Requests whose requesters went away: not run when not started yet; a running python model
+        sees ``request.is_cancelled()`` turn true (decoupled or not) and the cancelled request's
+        responses are dropped here (backends without the call finish the batch, as Triton's do)."""
         self.skipped = 0
         """Requests not run because they were cancelled before their batch started."""
+        self.dropped = 0
+        """Responses not sent because their request was cancelled while its batch ran."""
         self._publish = publish
         self._compute = compute
         self._max_message_bytes = max_message_bytes
@@ -78,6 +81,8 @@ class BatchExecutor:
         if self._decoupled:
             return await self._run_decoupled(batch, slots, start_unix_ns, time.perf_counter_ns() - t0)
         executed = [(slot, slot.request) for slot in slots if slot.request is not None]
+        for slot, request in executed:
+            request.is_cancelled = functools.partial(self.cancels.__contains__, slot.item.reply_to)
         t1 = t2 = time.perf_counter_ns()
         if executed:
             results = await self._execute([request for _, request in executed])
@@ -107,6 +112,9 @@ class BatchExecutor:
             slot.response.timing.queue_ns = slot.item.queue_ns
             slot.response.timing.transfer_ns = _transfer_ns(slot.item, start_unix_ns)
             slot.response.timing.counts_execution = slot is first
+            if slot.item.reply_to in self.cancels:
+                self.dropped += 1  # its requester is gone: nobody reads the answer
+                continue
             await self._reply(slot.item.reply_to, slot.response)
         return mesh_pb2.BatchDone(batch_id=batch.batch_id)
 

@@ -44,6 +44,42 @@ def load_compose(path: Path) -> dict[str, Any]:
     return loaded
 
 
+_REPLACED = {"command", "entrypoint"}
+_BY_TARGET = {"volumes", "devices"}
+
+
+def mount_target(entry: Any) -> str:
+    """The container path of a volume entry (short syntax may hold ``${VAR:-default}``)."""
+    if isinstance(entry, dict):
+        return str(entry["target"])
+    return _INTERPOLATION.sub("_", str(entry)).split(":")[1]
+
+
+def _merge(base: Any, override: Any, key: str = "") -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, v in override.items():
+            merged[k] = _merge(base[k], v, k) if k in base else v
+        return merged
+    if isinstance(base, list) and isinstance(override, list) and key not in _REPLACED:
+        if key in _BY_TARGET:
+            kept = {mount_target(e): e for e in base}
+            kept.update({mount_target(e): e for e in override})
+            return list(kept.values())
+        return base + [e for e in override if e not in base]
+    return override
+
+
+def merge_compose(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+    """``docker compose -f base -f override ...`` as the Compose spec merges files: mappings (environment,
+    healthcheck, ...) by key, ``volumes`` by container path, ``command``/``entrypoint`` replaced, other
+    sequences appended.  Top-level ``x-`` extensions of an override are its own."""
+    merged = base
+    for override in overrides:
+        merged = _merge(merged, {k: v for k, v in override.items() if not k.startswith("x-")})
+    return merged
+
+
 def dockerfile_directives(path: Path, name: str) -> list[str]:
     """The argument text of each ``name`` directive (continuation lines joined)."""
     text = re.sub(r"\\\n\s*", " ", path.read_text())
@@ -211,7 +247,8 @@ def start_services(
     procs: list[Proc] = []
     try:
         nats = [nats_server, *localizer.command("nats")]
-        procs.append(spawn("nats", nats, {}, scratch / "nats.log", Path.cwd()))
+        nats_env = localizer.environment("nats", {})  # a config file may read its paths from it
+        procs.append(spawn("nats", nats, nats_env, scratch / "nats.log", Path.cwd()))
         wait_port(localizer.ports["nats"][4222], 20)
         for name in names:
             argv = meshserve_argv([*localizer.command(name), *(extra_args or {}).get(name, [])])

@@ -5,7 +5,10 @@ read, and every container's arguments accepted by the real ``meshserve`` command
 from __future__ import annotations
 
 import functools
+import os
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +49,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "prometheus": {"enabled": False},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
         "autoscaling": {"prometheusAddress": "http://prometheus-operated.monitoring:9090"},
+    },
+    "secure-nats": {
+        "nats": {
+            "tls": {"enabled": True, "serverSecret": "nats-server-tls", "clientSecret": "nats-client-tls"},
+            "auth": {"token": {"secretName": "nats-token"}},
+        }
+    },
+    "secure-nats-user": {
+        "nats": {
+            "tls": {
+                "enabled": True,
+                "serverSecret": "nats-server-tls",
+                "clientSecret": "nats-client-tls",
+                "verifyClients": False,
+            },
+            "auth": {"user": {"secretName": "nats-user"}},
+        }
+    },
+    "external-nats-creds": {
+        "nats": {
+            "enabled": False,
+            "url": "tls://nats.infra:4222",
+            "tls": {"enabled": True, "clientSecret": "nats-ca", "verifyClients": False},
+            "auth": {"creds": {"secretName": "meshserve-creds"}},
+        }
     },
 }
 
@@ -89,10 +117,11 @@ def test_invalid_manifest_is_caught_by_the_validator() -> None:
         kubernetes_validate.validate(gateway, KUBERNETES_VERSION, strict=True)
 
 
-def test_helm_lint_finds_no_error() -> None:
+@pytest.mark.parametrize("variant", ["defaults", "secure-nats", "external-nats-creds"])
+def test_helm_lint_finds_no_error(variant: str) -> None:
     from helm_python import lint
 
-    report = lint(str(CHART), strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+    report = lint(str(CHART), VARIANTS[variant], strict=True, kube_version=f"v{KUBERNETES_VERSION}")
     errors = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
     assert errors == [], errors
 
@@ -115,6 +144,9 @@ def test_container_arguments_and_environment_are_meshserve_flags(variant: str) -
         env = {e["name"]: e.get("value", "") for e in spec["env"]}
         flags = {opt for action in subcommands[args[0]]._actions for opt in action.option_strings}
         for name in env:
+            if not name.startswith("MESHSERVE_"):  # a Secret's value that a flag's variable expands
+                assert any(f"$({name})" in value for value in env.values()), name
+                continue
             assert f"--{name.removeprefix('MESHSERVE_').lower().replace('_', '-')}" in flags, name
         with pytest.MonkeyPatch.context() as patch:
             for name, value in env.items():
@@ -284,3 +316,157 @@ def test_nats_runs_jetstream_with_the_mesh_payload_limit() -> None:
     assert "-js" in nats["args"]
     conf = by_kind(docs, "ConfigMap")["meshserve-nats"]["data"]["nats.conf"]
     assert f"max_payload: {Limits().max_message_bytes}" in conf
+
+
+# ---------------------------------------------------------------------------------------------------
+# NATS with TLS and credentials (values nats.tls, nats.auth; docs/security.md)
+
+MESH_PODS = ("meshserve-gateway", "meshserve-batcher", "meshserve-worker-simple-v1")
+
+
+def env_list(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = spec.get("env", [])
+    return found
+
+
+def parsed_flags(spec: dict[str, Any], expanded: dict[str, str]) -> Any:
+    """The container's command line as meshserve parses it, with its environment (``$(VAR)`` expanded)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for e in env_list(spec):
+            value = e.get("value", "10.0.0.1")
+            for name, secret in expanded.items():
+                value = value.replace(f"$({name})", secret)
+            patch.setenv(e["name"], value)
+        return build_parser().parse_args(spec["args"])
+
+
+@pytest.mark.parametrize("variant", ["secure-nats", "secure-nats-user", "external-nats-creds"])
+def test_every_mesh_pod_mounts_the_nats_client_secrets_and_gets_the_flags(variant: str) -> None:
+    values = VARIANTS[variant]["nats"]
+    deployments = by_kind(rendered(variant), "Deployment")
+    for name in MESH_PODS:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        spec = container(deployments[name])
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m for m in spec["volumeMounts"]}
+        assert volumes["nats-tls"]["secret"]["secretName"] == values["tls"]["clientSecret"], name
+        assert mounts["nats-tls"]["readOnly"] and mounts["nats-tls"]["mountPath"] == "/etc/meshserve/nats-tls"
+        parsed = parsed_flags(spec, {"NATS_TOKEN": "t0ken", "NATS_USER": "u", "NATS_PASSWORD": "p"})
+        assert str(parsed.nats_tls_ca) == "/etc/meshserve/nats-tls/ca.crt", name
+        verify = values["tls"].get("verifyClients", True)
+        assert (parsed.nats_tls_cert is not None, parsed.nats_tls_key is not None) == (verify, verify), name
+        assert parsed.nats_url.startswith("tls://"), parsed.nats_url
+        names = [e["name"] for e in env_list(spec)]
+        if "token" in values["auth"]:
+            assert parsed.nats_url.startswith("tls://t0ken@"), parsed.nats_url
+            # defined before the URL that expands it (Kubernetes expands only earlier variables)
+            assert names.index("NATS_TOKEN") < names.index("MESHSERVE_NATS_URL")
+            (token,) = [e for e in env_list(spec) if e["name"] == "NATS_TOKEN"]
+            assert token["valueFrom"]["secretKeyRef"] == {"name": "nats-token", "key": "token"}
+        elif "user" in values["auth"]:
+            assert parsed.nats_url.startswith("tls://u:p@"), parsed.nats_url
+            assert names.index("NATS_PASSWORD") < names.index("MESHSERVE_NATS_URL")
+        if "creds" in values["auth"]:
+            assert volumes["nats-creds"]["secret"]["secretName"] == "meshserve-creds"
+            assert str(parsed.nats_creds) == f"{mounts['nats-creds']['mountPath']}/nats.creds"
+            assert parsed.nats_url == "tls://nats.infra:4222"
+
+
+def test_defaults_mount_no_nats_secret_and_dial_plain_nats() -> None:
+    for name, deployment in by_kind(rendered("defaults"), "Deployment").items():
+        spec = container(deployment)
+        assert not any(e["name"].startswith(("NATS_", "MESHSERVE_NATS_TLS")) for e in env_list(spec)), name
+        assert "nats-tls" not in {m["name"] for m in spec.get("volumeMounts", [])}, name
+
+
+def test_secure_nats_server_serves_tls_and_requires_the_token() -> None:
+    docs = rendered("secure-nats")
+    nats = by_kind(docs, "StatefulSet")["meshserve-nats"]
+    pod = nats["spec"]["template"]["spec"]
+    spec = container(nats)
+    assert {"name": "tls", "secret": {"secretName": "nats-server-tls"}} in pod["volumes"]
+    assert {"name": "tls", "mountPath": "/etc/nats-tls", "readOnly": True} in spec["volumeMounts"]
+    (token,) = spec["env"]
+    assert token["name"] == "NATS_TOKEN" and token["valueFrom"]["secretKeyRef"]["name"] == "nats-token"
+    conf = by_kind(docs, "ConfigMap")["meshserve-nats"]["data"]["nats.conf"]
+    assert "cert_file: /etc/nats-tls/tls.crt" in conf and "verify: true" in conf
+    assert "token: $NATS_TOKEN" in conf
+    # a changed config restarts the pod
+    defaults = by_kind(rendered("defaults"), "StatefulSet")["meshserve-nats"]
+    checksum = "checksum/config"
+    assert (
+        nats["spec"]["template"]["metadata"]["annotations"][checksum]
+        != defaults["spec"]["template"]["metadata"]["annotations"][checksum]
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"nats": {"tls": {"enabled": True, "serverSecret": "s"}}}, "nats.tls.clientSecret"),
+        ({"nats": {"tls": {"enabled": True, "clientSecret": "c"}}}, "nats.tls.serverSecret"),
+        ({"nats": {"auth": {"token": {"secretName": "t"}, "user": {"secretName": "u"}}}}, "not both"),
+        ({"nats": {"auth": {"creds": {"secretName": "c"}}}}, "operator mode"),
+    ],
+)
+def test_incomplete_nats_security_values_fail_the_render_saying_what_is_missing(
+    values: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(Exception, match=re.escape(says)):
+        render(values)
+
+
+def test_rendered_secure_nats_admits_a_rendered_service_and_refuses_one_without_the_token(
+    tmp_path: Path,
+) -> None:
+    """The chart's nats.conf run by a real nats-server, and the batcher pod's command and environment
+    run as a process, with the Secrets' files where the pods mount them (paths mapped to tmp_path)."""
+    from deploy.nats.make_secrets import make_secrets
+    from meshserve.nats_server import find_nats_server
+    from tests.deploy.compose_local import free_port, meshserve_argv, spawn, stop_all, wait_port
+
+    secrets = tmp_path / "secrets"
+    make_secrets(secrets, ["localhost", "127.0.0.1"])
+    server_dir, client_dir = tmp_path / "server-tls", tmp_path / "client-tls"
+    for folder, leaf in ((server_dir, "server"), (client_dir, "client")):
+        folder.mkdir()  # the kubernetes.io/tls shape
+        (folder / "tls.crt").write_bytes((secrets / f"{leaf}.pem").read_bytes())
+        (folder / "tls.key").write_bytes((secrets / f"{leaf}-key.pem").read_bytes())
+        (folder / "ca.crt").write_bytes((secrets / "ca.pem").read_bytes())
+    docs = rendered("secure-nats")
+    conf = by_kind(docs, "ConfigMap")["meshserve-nats"]["data"]["nats.conf"]
+    (tmp_path / "nats.conf").write_text(conf.replace("/etc/nats-tls", str(server_dir)))
+    port = free_port()
+    token = "chart-t0ken"
+    nats_args = container(by_kind(docs, "StatefulSet")["meshserve-nats"])["args"]
+    nats_args = [
+        str(tmp_path / "nats.conf") if a == "/etc/nats/nats.conf" else str(port) if a == "4222" else a
+        for a in nats_args
+    ]
+    nats_args[nats_args.index("-m") + 1] = str(free_port())
+    nats_args[nats_args.index("-sd") + 1] = str(tmp_path / "js")
+    procs = [
+        spawn("nats", [find_nats_server(None), *nats_args, "-a", "127.0.0.1"], {"NATS_TOKEN": token},
+              tmp_path / "nats.log", tmp_path)
+    ]  # fmt: skip
+    try:
+        wait_port(port, 20)
+        batcher = container(by_kind(docs, "Deployment")["meshserve-batcher"])
+        env = dict(os.environ)
+        for e in env_list(batcher):
+            value = e.get("value", token if e["name"] == "NATS_TOKEN" else "")
+            value = value.replace("$(NATS_TOKEN)", token).replace("/etc/meshserve/nats-tls", str(client_dir))
+            env[e["name"]] = re.sub(r"@[^/]+:4222$", f"@localhost:{port}", value)
+        env["MESHSERVE_NATS_CONNECT_TIMEOUT_SECS"] = "5"
+        argv = meshserve_argv([a if a != "0.0.0.0" else "127.0.0.1" for a in batcher["args"]])
+        procs.append(spawn("batcher", [*argv, "--metrics-port", "0"], env, tmp_path / "batcher.log", ROOT))
+        procs[-1].wait_ready(60)  # connected, subscribed, serving
+        # the same pod without the token: refused by NATS, the service stops saying so
+        env["MESHSERVE_NATS_URL"] = env["MESHSERVE_NATS_URL"].replace(f"{token}@", "")
+        refused = subprocess.run([*argv, "--metrics-port", "0"], env=env, capture_output=True, text=True,
+                                 timeout=60, cwd=ROOT)  # fmt: skip
+        assert refused.returncode != 0
+        assert "Authorization Violation" in refused.stderr, refused.stderr[-2000:]
+    finally:
+        codes = stop_all(procs)
+    assert codes["batcher"] == 0, (tmp_path / "batcher.log").read_text()[-2000:]

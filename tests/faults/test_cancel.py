@@ -2,7 +2,8 @@
 
 `pace` here has one instance and takes 1 s per batch, so requests sent behind a busy one wait in the
 batcher's queue; its ledger (executed.log) shows which requests the model actually ran.  `ticker`
-streams a response every 50 ms until its request is cancelled.
+streams a response every 50 ms until its request is cancelled; `spin` (not decoupled) runs until its
+request is cancelled or its time is up.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PACE_DELAY_S = 1.0
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
     base = tmp_path_factory.mktemp("cancel")
-    repository = fault_repository(base / "models", "pace", "ticker")
+    repository = fault_repository(base / "models", "pace", "ticker", "spin")
     config = repository / "pace" / "config.pbtxt"
     config.write_text(config.read_text().replace('string_value: "0.2"', f'string_value: "{PACE_DELAY_S}"'))
     mesh = HandMesh(base, repository, "--request-timeout-secs", str(REQUEST_TIMEOUT_S))
@@ -39,6 +40,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandMesh]:
             mesh.gateway(wait=False),
             mesh.worker("pace", 0, wait=False),
             mesh.worker("ticker", 0, wait=False),
+            mesh.worker("spin", 0, wait=False),
         )
         yield mesh
     finally:
@@ -167,3 +169,40 @@ def test_a_cancelled_stream_stops_the_generation(mesh: HandMesh) -> None:
     sent = int(ticks.read_text().split()[1])
     assert sent < 60, sent  # stopped within about a second of the cancel, not after 400 ticks
     assert stopped_after < 5
+
+
+def test_a_cancel_reaches_a_running_non_decoupled_python_model(mesh: HandMesh) -> None:
+    """Triton's python backend lets a running ``execute`` ask ``request.is_cancelled()``: a request
+    cancelled 0.5 s into a 30 s execute stops there, its response is dropped, and the instance is free
+    for the next request at once.  (Backends without the call finish the running batch, as Triton's do.)"""
+    grpc_url, _, _ = _urls(mesh)
+    spins = mesh.repository / "spin" / "spins.log"
+
+    def seconds(value: float) -> list[grpcaio.InferInput]:
+        tensor = grpcaio.InferInput("SECONDS", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([value], np.float32))
+        return [tensor]
+
+    async def scenario() -> tuple[bool, float]:
+        client = grpcaio.InferenceServerClient(grpc_url)
+        try:
+            long = asyncio.ensure_future(client.infer("spin", seconds(30.0), request_id="long-spin"))
+            await asyncio.sleep(0.5)  # running in the model by now
+            long.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await long
+            started = time.monotonic()
+            result = await client.infer("spin", seconds(0.05), request_id="next-spin", client_timeout=10)
+            return result.as_numpy("OUT") is not None, time.monotonic() - started
+        finally:
+            await client.close()
+
+    answered, next_took = asyncio.run(scenario())
+    assert answered
+    assert next_took < 5, next_took  # the instance did not stay busy for the 30 s
+    assert wait_for(lambda: spins.exists() and "long-spin" in spins.read_text(), timeout_s=5)
+    lines = dict(line.split(" ", 1) for line in spins.read_text().splitlines())
+    outcome, ran = lines["long-spin"].split()
+    assert outcome == "cancelled", lines
+    assert float(ran) < 3.0, ran
+    assert lines["next-spin"].startswith("done"), lines

@@ -75,7 +75,9 @@ def test_ten_times_the_sustainable_rate_is_rejected_fast_with_bounded_memory(mes
     tally.check(min_ok=5)
     assert offered > 8 * sustained, (offered, sustained)
     assert tally.clear["UNAVAILABLE"] > tally.ok  # most are refused ...
-    assert tally.slowest("UNAVAILABLE") < 2.0  # ... at once, not after waiting
+    # ... at once, not after waiting: well under the deadline (seconds here only on a machine whose
+    # cores other work also wants; quiet it is under 0.5 s, docs/reliability.md)
+    assert tally.slowest("UNAVAILABLE") < REQUEST_TIMEOUT_S / 3
     assert tally.slowest("ok") < REQUEST_TIMEOUT_S  # what was accepted met its deadline
     assert growth_mib < 40, growth_mib
 

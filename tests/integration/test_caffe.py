@@ -41,7 +41,12 @@ def caffe_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     repository = base / "models"
     repository.mkdir()
     example_config = (EXAMPLE / "config.pbtxt").read_text()
-    _copy(repository, "lenet_caffe", example_config)
+    # a queue delay, so the batching test does not depend on how fast a loaded machine sends
+    batched = example_config.replace(
+        "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 50000 }"
+    )
+    assert batched != example_config
+    _copy(repository, "lenet_caffe", batched)
     _copy(repository, "lenet_caffe_auto", None)  # no config.pbtxt: completed from the prototxt
     broken = _copy(repository, "caffe_broken", example_config.replace("lenet_caffe", "caffe_broken"))
     weights = broken / "1" / "model.caffemodel"

@@ -177,8 +177,14 @@ def test_wrong_value_counts_are_refused(shape: list[int], data: list[Any], probl
         ({"name": "X", "datatype": "INT32", "shape": [1]}, "needs 'data' or parameters.binary_data_size"),
         ({"name": "X", "datatype": "INT32", "shape": [1], "data": 5}, "'data' must be a JSON array"),
         (
-            {"name": "X", "datatype": "INT32", "shape": [1], "parameters": {"shared_memory_region": "r"}},
-            "shared memory inputs are not supported by meshserve; send the data",
+            {
+                "name": "X",
+                "datatype": "INT32",
+                "shape": [1],
+                "data": [1],
+                "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4},
+            },
+            "takes its data from shared memory; 'data' or binary data must not be set",
         ),
     ],
 )

@@ -1,4 +1,5 @@
-"""Model backends.  Each is imported only when a model asks for it (torch and onnxruntime are heavy)."""
+"""Model backends.  Each is imported only when a model asks for it (torch, onnxruntime and tensorflow
+are heavy; tensorflow is an optional extra)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ _MODULES = {
     "onnxruntime": "workers.backends.onnxruntime_backend",
     "python": "workers.backends.python_backend",
     "pytorch": "workers.backends.pytorch_backend",
+    "tensorflow": "workers.backends.tensorflow_backend",
 }
 
 

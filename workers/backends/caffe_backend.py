@@ -12,7 +12,8 @@
 - Tensors are FP32, fed by input blob name (``setInput``) and read by the name of the blob's last
   producing layer (``forward``); the rules and auto-complete live in ``caffe_config``.
 - A batch runs as one forward pass: with ``max_batch_size`` > 0 the requests are concatenated on
-  N and each output is split back by rows.
+  N and each output is split back by rows (``workers/backends/stacking.py``, shared with the other
+  tensor backends).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from meshserve.errors import Internal, InvalidArgument, MeshError, Unavailable
+from meshserve.errors import Internal, InvalidArgument, Unavailable
 from meshserve.model_config import needs_auto_complete
 from workers.backends.base import LoadContext, Request, Result
 from workers.backends.caffe_config import check_against_net, complete_from_net
 from workers.backends.caffe_net import NetDescription, read_prototxt
+from workers.backends.stacking import execute_stacked
 
 log = logging.getLogger(__name__)
 
@@ -151,42 +153,16 @@ class CaffeBackend:
 
     # -- execute -------------------------------------------------------------------------------------
     def execute(self, requests: list[Request]) -> list[Result]:
-        if self._batching and len(requests) > 1:
-            try:
-                return self._run_stacked(requests)
-            except MeshError as exc:
-                return [Result(error=exc) for _ in requests]
-        return [self._run_one(request) for request in requests]
+        return execute_stacked(requests, self._run_named, self._inputs, self._batching)
 
     def unload(self) -> None:
         self._net = None
         self._paths = None
         self._description = None
 
-    def _run_one(self, request: Request) -> Result:
-        rows = self._rows(request) if self._batching else 0
-        try:
-            outputs = self._run({name: request.inputs[name] for name in self._inputs}, rows)
-        except MeshError as exc:
-            return Result(error=exc)
-        return Result(outputs=_select(dict(zip(self._outputs, outputs, strict=True)), request))
-
-    def _run_stacked(self, requests: list[Request]) -> list[Result]:
-        counts = [self._rows(r) for r in requests]
-        feed = {name: np.concatenate([r.inputs[name] for r in requests], axis=0) for name in self._inputs}
-        outputs = self._run(feed, sum(counts))
-        results = []
-        start = 0
-        for request, rows in zip(requests, counts, strict=True):
-            sliced = {
-                name: out[start : start + rows] for name, out in zip(self._outputs, outputs, strict=True)
-            }
-            results.append(Result(outputs=_select(sliced, request)))
-            start += rows
-        return results
-
-    def _rows(self, request: Request) -> int:
-        return request.batch_size or int(request.inputs[self._inputs[0]].shape[0])
+    def _run_named(self, inputs: dict[str, NDArray[Any]], rows: int) -> dict[str, NDArray[Any]]:
+        outputs = self._run({name: inputs[name] for name in self._inputs}, rows)
+        return dict(zip(self._outputs, outputs, strict=True))
 
     def _run(self, feed: dict[str, NDArray[Any]], rows: int) -> list[NDArray[Any]]:
         """Forward ``feed``; each output shaped as the config says (``rows`` first when batching)."""
@@ -240,9 +216,3 @@ def _set_threads(cv2: Any, params: dict[str, str]) -> None:
         raise InvalidArgument(f"parameter 'num_threads' must be >= 0, got {threads}")
     if threads > 0:
         cv2.setNumThreads(threads)
-
-
-def _select(outputs: dict[str, NDArray[Any]], request: Request) -> dict[str, NDArray[Any]]:
-    if not request.requested_outputs:
-        return outputs
-    return {name: outputs[name] for name in request.requested_outputs if name in outputs}

@@ -23,11 +23,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from meshserve.errors import Internal, InvalidArgument, MeshError
+from meshserve.errors import Internal, InvalidArgument
 from meshserve.model_config import needs_auto_complete
 from meshserve.pb import model_config_pb2 as mc
 from workers.backends.base import LoadContext, Request, Result
@@ -37,6 +36,7 @@ from workers.backends.onnxruntime_config import (
     complete_from_graph,
     config_type_of,
 )
+from workers.backends.stacking import ConfigTensor, execute_stacked
 
 log = logging.getLogger(__name__)
 
@@ -130,24 +130,13 @@ def _describe(args: list[Any]) -> list[GraphTensor]:
     ]
 
 
-class _Tensor:
-    """One config tensor as the backend feeds or reads it."""
-
-    __slots__ = ("dims", "name", "reshape")
-
-    def __init__(self, io: mc.ModelInput | mc.ModelOutput) -> None:
-        self.name = io.name
-        self.dims = tuple(io.dims)
-        self.reshape = tuple(io.reshape.shape) if io.HasField("reshape") else None
-
-
 class OnnxRuntimeBackend:
     def __init__(self) -> None:
         self._session: Any = None
         self._path: Path | None = None
         self._run_options: Any = None
-        self._inputs: list[_Tensor] = []
-        self._outputs: list[_Tensor] = []
+        self._inputs: list[ConfigTensor] = []
+        self._outputs: list[ConfigTensor] = []
         self._batching = False
 
     # -- load ---------------------------------------------------------------------------------------
@@ -175,8 +164,8 @@ class OnnxRuntimeBackend:
                     )
         session = self._open(ctx)
         check_against_graph(ctx.config, _describe(session.get_inputs()), _describe(session.get_outputs()))
-        self._inputs = [_Tensor(t) for t in ctx.config.input]
-        self._outputs = [_Tensor(t) for t in ctx.config.output]
+        self._inputs = [ConfigTensor(t) for t in ctx.config.input]
+        self._outputs = [ConfigTensor(t) for t in ctx.config.output]
         self._batching = ctx.config.max_batch_size > 0
         log.info("loaded %s with %s", self._path, session.get_providers())
 
@@ -201,51 +190,16 @@ class OnnxRuntimeBackend:
 
     # -- execute -------------------------------------------------------------------------------------
     def execute(self, requests: list[Request]) -> list[Result]:
-        if self._batching and len(requests) > 1:
-            try:
-                return self._run_stacked(requests)
-            except MeshError as exc:
-                return [Result(error=exc) for _ in requests]
-        return [self._run_one(request) for request in requests]
+        return execute_stacked(requests, self._run_shaped, [t.name for t in self._inputs], self._batching)
 
     def unload(self) -> None:
         self._session = None
         self._path = None
 
-    def _run_one(self, request: Request) -> Result:
-        rows = self._rows(request) if self._batching else 0
-        try:
-            feed = {t.name: self._shape_in(t, request.inputs[t.name], rows) for t in self._inputs}
-            outputs = self._run(feed)
-            shaped = {
-                t.name: self._shape_out(t, out, rows) for t, out in zip(self._outputs, outputs, strict=True)
-            }
-        except MeshError as exc:
-            return Result(error=exc)
-        return Result(outputs=_select(shaped, request))
-
-    def _run_stacked(self, requests: list[Request]) -> list[Result]:
-        counts = [self._rows(r) for r in requests]
-        total = sum(counts)
-        feed = {
-            t.name: self._shape_in(t, np.concatenate([r.inputs[t.name] for r in requests], axis=0), total)
-            for t in self._inputs
-        }
-        outputs = [
-            self._shape_out(t, out, total) for t, out in zip(self._outputs, self._run(feed), strict=True)
-        ]
-        results = []
-        start = 0
-        for request, rows in zip(requests, counts, strict=True):
-            sliced = {
-                t.name: out[start : start + rows] for t, out in zip(self._outputs, outputs, strict=True)
-            }
-            results.append(Result(outputs=_select(sliced, request)))
-            start += rows
-        return results
-
-    def _rows(self, request: Request) -> int:
-        return request.batch_size or int(request.inputs[self._inputs[0].name].shape[0])
+    def _run_shaped(self, inputs: dict[str, NDArray[Any]], rows: int) -> dict[str, NDArray[Any]]:
+        """One ``session.run``: inputs reshaped in, outputs checked for ``rows`` and reshaped out."""
+        feed = {t.name: t.shape_in(inputs[t.name], rows) for t in self._inputs}
+        return {t.name: t.shape_out(out, rows) for t, out in zip(self._outputs, self._run(feed), strict=True)}
 
     def _run(self, feed: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
         try:
@@ -255,29 +209,3 @@ class OnnxRuntimeBackend:
         except Exception as exc:
             raise Internal(f"onnxruntime model failed: {type(exc).__name__}: {exc}") from exc
         return outputs
-
-    @staticmethod
-    def _shape_in(tensor: _Tensor, array: NDArray[Any], rows: int) -> NDArray[Any]:
-        if tensor.reshape is not None:
-            shape = (rows, *tensor.reshape) if rows else tensor.reshape
-            array = array.reshape(shape)
-        return np.ascontiguousarray(array)
-
-    @staticmethod
-    def _shape_out(tensor: _Tensor, array: NDArray[Any], rows: int) -> NDArray[Any]:
-        if rows and (array.ndim == 0 or array.shape[0] != rows):
-            got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
-            raise Internal(f"output '{tensor.name}' has {got} for a batch of {rows}")
-        if tensor.reshape is None:
-            return array
-        shape = (rows, *tensor.dims) if rows else tensor.dims
-        try:
-            return array.reshape(shape)
-        except ValueError as exc:
-            raise Internal(f"output '{tensor.name}' of shape {array.shape} cannot take dims {shape}") from exc
-
-
-def _select(outputs: dict[str, NDArray[Any]], request: Request) -> dict[str, NDArray[Any]]:
-    if not request.requested_outputs:
-        return outputs
-    return {name: outputs[name] for name in request.requested_outputs if name in outputs}

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from meshserve.errors import Internal, InvalidArgument, MeshError
+from meshserve.errors import Internal, InvalidArgument
 from meshserve.tensors import config_type_to_datatype
 from workers.backends.base import LoadContext, Request, Result
+from workers.backends.stacking import execute_stacked
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +57,14 @@ class PyTorchBackend:
         log.info("loaded %s on %s", path, self._device)
 
     def execute(self, requests: list[Request]) -> list[Result]:
-        if self._batching and len(requests) > 1:
-            try:
-                return self._run_stacked(requests)
-            except MeshError as exc:
-                return [Result(error=exc) for _ in requests]
-        return [self._run_one(request) for request in requests]
+        return execute_stacked(requests, self._run, self._inputs, self._batching)
 
     def unload(self) -> None:
         self._module = None
 
-    def _run_one(self, request: Request) -> Result:
-        try:
-            outputs = self._forward([request.inputs[name] for name in self._inputs])
-        except MeshError as exc:
-            return Result(error=exc)
-        return Result(outputs=_select(dict(zip(self._outputs, outputs, strict=True)), request))
-
-    def _run_stacked(self, requests: list[Request]) -> list[Result]:
-        arrays = [np.concatenate([r.inputs[name] for r in requests], axis=0) for name in self._inputs]
-        outputs = self._forward(arrays)
-        results = []
-        start = 0
-        for request in requests:
-            rows = request.batch_size or request.inputs[self._inputs[0]].shape[0]
-            sliced = {
-                name: out[start : start + rows] for name, out in zip(self._outputs, outputs, strict=True)
-            }
-            results.append(Result(outputs=_select(sliced, request)))
-            start += rows
-        return results
+    def _run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        outputs = self._forward([inputs[name] for name in self._inputs])
+        return dict(zip(self._outputs, outputs, strict=True))
 
     def _forward(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         tensors = [torch.from_numpy(np.array(a, copy=not a.flags.writeable)) for a in arrays]
@@ -100,12 +79,6 @@ class PyTorchBackend:
             got = len(result) if isinstance(result, (tuple, list)) else type(result).__name__
             raise Internal(f"pytorch model returned {got} outputs, config declares {len(self._outputs)}")
         return [t.detach().cpu().numpy() for t in result]
-
-
-def _select(outputs: dict[str, np.ndarray], request: Request) -> dict[str, np.ndarray]:
-    if not request.requested_outputs:
-        return outputs
-    return {name: outputs[name] for name in request.requested_outputs if name in outputs}
 
 
 def mc_type_name(data_type: int) -> str:

@@ -31,8 +31,60 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if .Values.nats.url -}}
 {{ .Values.nats.url }}
 {{- else -}}
-nats://{{ include "meshserve.fullname" . }}-nats.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:4222
+{{ ternary "tls" "nats" .Values.nats.tls.enabled }}://{{ include "meshserve.natsUserInfo" . }}{{ include "meshserve.fullname" . }}-nats.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:4222
 {{- end -}}
+{{- end -}}
+
+{{/* "$(NATS_TOKEN)@" or "$(NATS_USER):$(NATS_PASSWORD)@": Kubernetes expands them from the Secret-backed
+     variables "meshserve.natsAuthEnv" defines before MESHSERVE_NATS_URL. */}}
+{{- define "meshserve.natsUserInfo" -}}
+{{- if .Values.nats.auth.token.secretName -}}
+$(NATS_TOKEN)@
+{{- else if .Values.nats.auth.user.secretName -}}
+$(NATS_USER):$(NATS_PASSWORD)@
+{{- end -}}
+{{- end -}}
+
+{{- define "meshserve.natsAuthEnv" -}}
+{{- $a := .Values.nats.auth -}}
+{{- if and $a.token.secretName $a.user.secretName -}}
+{{- fail "nats.auth: set token.secretName or user.secretName, not both" -}}
+{{- end -}}
+{{- if $a.token.secretName }}
+- name: NATS_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ $a.token.secretName | quote }}, key: {{ $a.token.key | quote }}}
+{{- else if $a.user.secretName }}
+- name: NATS_USER
+  valueFrom:
+    secretKeyRef: {name: {{ $a.user.secretName | quote }}, key: {{ $a.user.userKey | quote }}}
+- name: NATS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $a.user.secretName | quote }}, key: {{ $a.user.passwordKey | quote }}}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes and mounts of the NATS client secrets, in every meshserve pod. */}}
+{{- define "meshserve.natsVolumeMounts" -}}
+{{- if .Values.nats.tls.enabled }}
+- {name: nats-tls, mountPath: /etc/meshserve/nats-tls, readOnly: true}
+{{- end }}
+{{- if .Values.nats.auth.creds.secretName }}
+- {name: nats-creds, mountPath: /etc/meshserve/nats-creds, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "meshserve.natsVolumes" -}}
+{{- if .Values.nats.tls.enabled }}
+- name: nats-tls
+  secret:
+    secretName: {{ required "nats.tls.enabled needs nats.tls.clientSecret (ca.crt, and tls.crt/tls.key for verifyClients)" .Values.nats.tls.clientSecret | quote }}
+{{- end }}
+{{- if .Values.nats.auth.creds.secretName }}
+- name: nats-creds
+  secret:
+    secretName: {{ .Values.nats.auth.creds.secretName | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "meshserve.prometheusAddress" -}}
@@ -50,6 +102,9 @@ http://{{ include "meshserve.fullname" . }}-prometheus.{{ .Release.Namespace }}.
 
 {{/* Environment shared by every meshserve container. */}}
 {{- define "meshserve.env" -}}
+{{- $auth := include "meshserve.natsAuthEnv" . | trim -}}
+{{- if $auth }}{{ $auth }}
+{{ end -}}
 - name: MESHSERVE_NATS_URL
   value: {{ include "meshserve.natsUrl" . | quote }}
 - name: MESHSERVE_LOG_VERBOSE
@@ -58,6 +113,20 @@ http://{{ include "meshserve.fullname" . }}-prometheus.{{ .Release.Namespace }}.
   value: {{ .Values.mesh.maxMessageBytes | int | quote }}
 - name: MESHSERVE_REQUEST_TIMEOUT_SECS
   value: {{ .Values.mesh.requestTimeoutSecs | quote }}
+{{- if .Values.nats.tls.enabled }}
+- name: MESHSERVE_NATS_TLS_CA
+  value: /etc/meshserve/nats-tls/ca.crt
+{{- if .Values.nats.tls.verifyClients }}
+- name: MESHSERVE_NATS_TLS_CERT
+  value: /etc/meshserve/nats-tls/tls.crt
+- name: MESHSERVE_NATS_TLS_KEY
+  value: /etc/meshserve/nats-tls/tls.key
+{{- end }}
+{{- end }}
+{{- if .Values.nats.auth.creds.secretName }}
+- name: MESHSERVE_NATS_CREDS
+  value: /etc/meshserve/nats-creds/{{ .Values.nats.auth.creds.key }}
+{{- end }}
 {{- end -}}
 
 {{/* true when some model may scale to zero */}}
@@ -70,4 +139,30 @@ http://{{ include "meshserve.fullname" . }}-prometheus.{{ .Release.Namespace }}.
 {{- end -}}
 {{- end -}}
 {{- $zero -}}
+{{- end -}}
+
+
+{{/* The chart's nats.conf: payload limits (as `meshserve up`), then TLS and who may connect. */}}
+{{- define "meshserve.natsConf" -}}
+max_payload: {{ .Values.mesh.maxMessageBytes | int }}
+max_pending: {{ max (mul 4 (int .Values.mesh.maxMessageBytes)) 268435456 }}
+{{- if .Values.nats.tls.enabled }}
+tls {
+  cert_file: /etc/nats-tls/tls.crt
+  key_file: /etc/nats-tls/tls.key
+  ca_file: /etc/nats-tls/ca.crt
+  verify: {{ .Values.nats.tls.verifyClients }}
+  timeout: 5
+}
+{{- end }}
+{{- if .Values.nats.auth.token.secretName }}
+authorization {
+  token: $NATS_TOKEN
+}
+{{- else if .Values.nats.auth.user.secretName }}
+authorization {
+  user: $NATS_USER
+  password: $NATS_PASSWORD
+}
+{{- end }}
 {{- end -}}
