@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.classification import LabelCache, classify
 from gateway.dispatcher import Dispatcher
 from gateway.ensemble import EnsembleRunner
 from gateway.models import ModelState, ModelTable, ModelView
@@ -42,6 +43,7 @@ EXTENSIONS = (
     "model_repository",
     "model_repository(unload_dependents)",
     "system_shared_memory",
+    "classification",
     "trace",
     "logging",
     "meshserve",
@@ -72,6 +74,8 @@ class InferenceCore:
         """Register / unregister here and on the peer gateways (attached by the gateway process)."""
         self.runtime: RuntimeSettings | None = None
         """Set by the gateway process: TraceSetting / LogSettings (``gateway/runtime_settings.py``)."""
+        self.labels = LabelCache(settings.model_repository)
+        """Outputs' ``label_filename`` files, for the classification extension."""
 
     async def infer(
         self,
@@ -98,10 +102,34 @@ class InferenceCore:
                     response = await self._ordered_round_trip(view, call, client_timeout_s, start)
                 else:
                     response = await self._round_trip(view, call, client_timeout_s, start)
+            self._classify(view, call, response)
             lease.write_outputs(response)
         if wants_timing(call.parameters):
             add_breakdown(response, time.perf_counter_ns() - start)
         return InferOutcome(view, response)
+
+    def _classify(self, view: ModelView, call: InferCall, response: mesh_pb2.InferResponse) -> None:
+        """Outputs requested with ``classification`` = N become their top-N classes (BYTES)."""
+        if not call.classification:
+            return
+        for tensor in response.outputs:
+            count = call.classification.get(tensor.name)
+            if count is None:
+                continue
+            labels = self.labels.labels(view.name, view.version, view.config, tensor.name)
+            shape, data = classify(
+                tensor.name,
+                tensor.datatype,
+                list(tensor.shape),
+                tensor.data,
+                count,
+                view.max_batch_size > 0,
+                labels,
+            )
+            tensor.datatype = "BYTES"
+            del tensor.shape[:]
+            tensor.shape.extend(shape)
+            tensor.data = data
 
     async def _ordered_round_trip(
         self, view: ModelView, call: InferCall, client_timeout_s: float | None, start: int
@@ -198,6 +226,7 @@ class InferenceCore:
                         timing = response.timing
                     if response.HasField("error"):
                         raise from_wire(response.error.code, response.error.message)
+                    self._classify(view, call, response)
                     yield view, response
             except MeshError as exc:
                 reason = failure_reason(exc, from_worker=timing is not None, from_mesh=True)

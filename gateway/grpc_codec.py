@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from gateway.classification import class_count
 from gateway.shm_params import ShmRef, parse_shm_params
 from gateway.validate import InferCall, InputTensor
 from meshserve import tensors
@@ -74,16 +75,22 @@ def decode_infer(request: pb.ModelInferRequest) -> InferCall:
             f"{len(raw)} raw_input_contents given for {next_raw} inputs that take raw data for model '{model}'"
         )
     output_shm = {}
+    classification = {}
     for output in request.outputs:
         ref = _shm_ref(output.parameters, f"output '{output.name}'")
         if ref is not None:
             output_shm[output.name] = ref
+        if "classification" in output.parameters:
+            classification[output.name] = class_count(
+                param_value(output.parameters["classification"]), output.name
+            )
     return InferCall(
         request_id=request.id,
         inputs=inputs,
         outputs=[o.name for o in request.outputs],
         parameters={key: param_value(p) for key, p in request.parameters.items()},
         output_shm=output_shm,
+        classification=classification,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.classification import class_count
 from gateway.json_body import loads_checked
 from gateway.models import ModelView
 from gateway.shm_params import ShmRef, parse_shm_params
@@ -90,6 +91,7 @@ def _decode_header(header: dict[str, Any], binary: memoryview, limits: RequestLi
     binary_default = bool(parameters.pop("binary_data_output", False))
     outputs: dict[str, bool] = {}
     output_shm: dict[str, ShmRef] = {}
+    classification: dict[str, int] = {}
     if not isinstance(raw_outputs, list):
         raise InvalidArgument("'outputs' must be a list")
     for raw in raw_outputs:
@@ -97,7 +99,7 @@ def _decode_header(header: dict[str, Any], binary: memoryview, limits: RequestLi
             raise InvalidArgument("each requested output needs a 'name'")
         out_params = _parameters(raw.get("parameters"), f"output '{raw['name']}'")
         if "classification" in out_params:
-            raise InvalidArgument("the classification extension is not supported by meshserve yet")
+            classification[raw["name"]] = class_count(out_params["classification"], raw["name"])
         outputs[raw["name"]] = bool(out_params.get("binary_data", binary_default))
         ref = parse_shm_params(out_params, f"output '{raw['name']}'")
         if ref is not None:
@@ -111,6 +113,7 @@ def _decode_header(header: dict[str, Any], binary: memoryview, limits: RequestLi
         outputs=list(outputs),
         parameters=parameters,
         output_shm=output_shm,
+        classification=classification,
     )
     return HttpInfer(call, outputs, binary_default)
 

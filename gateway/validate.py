@@ -67,6 +67,8 @@ class InferCall:
     parameters: dict[str, ParamValue] = field(default_factory=dict)
     output_shm: dict[str, ShmRef] = field(default_factory=dict)
     """Requested outputs to be written into a shared memory region instead of the response."""
+    classification: dict[str, int] = field(default_factory=dict)
+    """Requested output → top-N classes to return instead of its values (``gateway/classification.py``)."""
 
 
 @dataclass(frozen=True, slots=True)

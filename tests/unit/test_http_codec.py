@@ -206,8 +206,8 @@ def test_malformed_inputs_are_refused(raw_input: dict[str, Any], problem: str) -
         (b'{"inputs": [], "parameters": []}', "'parameters' of the request must be an object"),
         (b'{"inputs": [], "parameters": {"a": [1]}}', "parameter 'a' of the request must be a bool"),
         (
-            b'{"inputs": [], "outputs": [{"name": "O", "parameters": {"classification": 2}}]}',
-            "the classification extension is not supported by meshserve yet",
+            b'{"inputs": [], "outputs": [{"name": "O", "parameters": {"classification": 0}}]}',
+            "the 'classification' parameter of output 'O' must be a positive integer",
         ),
     ],
 )
@@ -215,6 +215,13 @@ def test_malformed_requests_are_invalid_arguments(raw: bytes, message: str) -> N
     with pytest.raises(InvalidArgument) as err:
         decode_infer(raw, None, simple_view())
     assert str(err.value).startswith(message)
+
+
+def test_classification_parameter_is_carried() -> None:
+    raw = b'{"inputs": [], "outputs": [{"name": "O", "parameters": {"classification": 3, "binary_data": true}}]}'
+    decoded = decode_infer(raw, None, simple_view())
+    assert decoded.call.classification == {"O": 3}
+    assert decoded.binary_outputs == {"O": True}
 
 
 # --------------------------------------------------------------------------------------------------
