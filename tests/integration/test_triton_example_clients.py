@@ -134,3 +134,109 @@ def test_bls_async_client_checks(examples_mesh: Mesh) -> None:
     result = client.infer("bls_async", _bls_inputs(a, b, None))
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), a + b, rtol=1e-6)
     np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# ensemble_image_client.py: preprocess_inception_ensemble (image bytes → top classes, with labels)
+# --------------------------------------------------------------------------------------------------
+
+LABELS = ("red", "green", "blue", "dark")
+COLOURS = {"a_red.ppm": (200, 30, 90), "b_green.ppm": (10, 240, 60), "c_grey.pgm": (20, 20, 20)}
+"""Solid images, so their scores are exact: channel means and 1 - the overall mean."""
+
+
+def _image_file(path: Any, rgb: tuple[int, int, int]) -> bytes:
+    """A solid 13x10 binary PPM (or PGM for a grey .pgm), written to ``path``; its bytes."""
+    if str(path).endswith(".pgm"):
+        data = b"P5\n# grey\n13 10\n255\n" + bytes([rgb[0]]) * 130
+    else:
+        data = b"P6 13 10 255\n" + bytes(rgb) * 130
+    path.write_bytes(data)
+    return data
+
+
+def _expected(rgb: tuple[int, int, int], count: int) -> list[tuple[float, int, str]]:
+    scores = [c / 255 for c in rgb] + [1 - sum(rgb) / (3 * 255)]
+    order = sorted(range(4), key=lambda i: (-scores[i], i))[:count]
+    return [(scores[i], i, LABELS[i]) for i in order]
+
+
+def _check_classes(got: np.ndarray, rgbs: list[tuple[int, int, int]], count: int) -> None:
+    assert got.shape == (len(rgbs), min(count, 4))
+    for row, rgb in zip(got, rgbs, strict=True):
+        parsed = [(item.decode() if isinstance(item, bytes) else item).split(":") for item in row]
+        expected = _expected(rgb, count)
+        assert [(int(p[1]), p[2]) for p in parsed] == [(i, label) for _, i, label in expected]
+        for p, (value, _, _) in zip(parsed, expected, strict=True):
+            assert len(p) == 3 and p[0] == f"{float(p[0]):f}"  # six decimals, as Triton prints
+            assert abs(float(p[0]) - value) < 1e-5
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("count", [1, 3])
+def test_ensemble_image_client_checks(examples_mesh: Mesh, tmp_path: Any, protocol: str, count: int) -> None:
+    """ensemble_image_client.py: 1 input in metadata and config, [batch, 1] BYTES of image files,
+    every output requested with class_count; prints value (index) = label per class."""
+    model = "preprocess_inception_ensemble"
+    files = sorted(COLOURS)
+    batch = np.stack([np.array([_image_file(tmp_path / f, COLOURS[f])], dtype=bytes) for f in files])
+    rgbs = [COLOURS[f] for f in files]
+    if protocol == "grpc":
+        gclient = grpcclient.InferenceServerClient(examples_mesh.grpc_url)
+        metadata, config = gclient.get_model_metadata(model), gclient.get_model_config(model).config
+        assert len(metadata.inputs) == 1 and len(config.input) == 1 and config.max_batch_size >= 3
+        names = [o.name for o in metadata.outputs]
+        ginput = grpcclient.InferInput(metadata.inputs[0].name, list(batch.shape), "BYTES")
+        ginput.set_data_from_numpy(batch)
+        outputs = [grpcclient.InferRequestedOutput(n, class_count=count) for n in names]
+        result: Any = gclient.infer(model, [ginput], outputs=outputs)
+    else:
+        hclient = httpclient.InferenceServerClient(examples_mesh.http_url)
+        hmeta, hconfig = hclient.get_model_metadata(model), hclient.get_model_config(model)
+        assert len(hmeta["inputs"]) == 1 and len(hconfig["input"]) == 1 and hconfig["max_batch_size"] >= 3
+        names = [o["name"] for o in hmeta["outputs"]]
+        hinput = httpclient.InferInput(hmeta["inputs"][0]["name"], list(batch.shape), "BYTES")
+        hinput.set_data_from_numpy(batch, binary_data=True)
+        houtputs = [httpclient.InferRequestedOutput(n, binary_data=True, class_count=count) for n in names]
+        result = hclient.infer(model, [hinput], outputs=houtputs)
+    assert names == ["OUTPUT"]
+    _check_classes(result.as_numpy("OUTPUT"), rgbs, count)
+
+
+def test_classification_of_a_plain_model_json_and_more_classes_than_exist(examples_mesh: Mesh) -> None:
+    """tiny_classifier called directly: labels from its own directory; N > C gives all C classes;
+    HTTP without binary_data answers the class strings in JSON."""
+    rgbs = [(90, 180, 30), (250, 250, 240)]
+    pixels = np.stack(
+        [np.ones((3, 8, 8), dtype=np.float32) * (np.array(c) / 255)[:, None, None] for c in rgbs]
+    )
+    client = httpclient.InferenceServerClient(examples_mesh.http_url)
+    tensor = httpclient.InferInput("PIXELS", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels.astype(np.float32))
+    result = client.infer(
+        "tiny_classifier",
+        [tensor],
+        outputs=[httpclient.InferRequestedOutput("SCORES", binary_data=False, class_count=10)],
+    )
+    assert result.get_output("SCORES")["datatype"] == "BYTES"
+    _check_classes(result.as_numpy("SCORES"), rgbs, 10)
+    plain = client.infer("tiny_classifier", [tensor]).as_numpy("SCORES")  # without it: the numbers
+    assert plain.dtype == np.float32 and plain.shape == (2, 4)
+
+
+def test_classification_errors_and_metadata(examples_mesh: Mesh) -> None:
+    client = grpcclient.InferenceServerClient(examples_mesh.grpc_url)
+    assert "classification" in client.get_server_metadata().extensions
+    tensor = grpcclient.InferInput("PIXELS", [1, 3, 8, 8], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, 8, 8), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(
+            "tiny_classifier", [tensor], outputs=[grpcclient.InferRequestedOutput("SCORES", class_count=-2)]
+        )
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "must be a positive integer" in info.value.message()
+    bad = grpcclient.InferInput("INPUT", [1, 1], "BYTES")
+    bad.set_data_from_numpy(np.array([[b"GIF89a not a PPM"]], dtype=bytes))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("preprocess_inception_ensemble", [bad])
+    assert "binary PGM (P5) or PPM (P6)" in info.value.message()
