@@ -240,3 +240,28 @@ def test_classification_errors_and_metadata(examples_mesh: Mesh) -> None:
     with pytest.raises(InferenceServerException) as info:
         client.infer("preprocess_inception_ensemble", [bad])
     assert "binary PGM (P5) or PPM (P6)" in info.value.message()
+
+
+def test_image_client_checks_on_a_stream(examples_mesh: Mesh) -> None:
+    """image_client.py --streaming on tiny_classifier (FORMAT_NCHW, FP32 vector output): the classes
+    come back on the stream too (pixels 0..255, the client's scaling NONE)."""
+    config = (
+        grpcclient.InferenceServerClient(examples_mesh.grpc_url).get_model_config("tiny_classifier").config
+    )
+    assert config.input[0].format == config.input[0].FORMAT_NCHW
+    rgbs = [(12, 200, 7), (128, 64, 250)]
+    pixels = np.stack(
+        [np.ones((3, 8, 8), dtype=np.float32) * np.array(c, dtype=np.float32)[:, None, None] for c in rgbs]
+    )
+    tensor = grpcclient.InferInput("PIXELS", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels)
+    call = {
+        "model_name": "tiny_classifier",
+        "inputs": [tensor],
+        "outputs": [grpcclient.InferRequestedOutput("SCORES", class_count=2)],
+        "request_id": "1",
+    }
+    (result,) = _stream(examples_mesh, [call], 1)
+    assert not isinstance(result, Exception), result
+    got = [[item.decode() for item in row] for row in result.as_numpy("SCORES")]
+    assert got == [["200.000000:1:green", "12.000000:0:red"], ["250.000000:2:blue", "128.000000:0:red"]]
