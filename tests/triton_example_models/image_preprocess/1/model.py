@@ -40,7 +40,9 @@ def decode(data: bytes) -> np.ndarray:
     magic, width, height, maxval, start = _header(data)
     channels = 3 if magic == b"P6" else 1
     need = width * height * channels
-    pixels = np.frombuffer(data, dtype=np.uint8, count=need, offset=start) if len(data) - start >= need else None
+    pixels = (
+        np.frombuffer(data, dtype=np.uint8, count=need, offset=start) if len(data) - start >= need else None
+    )
     if pixels is None:
         raise pb_utils.TritonModelException(f"image holds fewer than the {need} pixel bytes its header says")
     image = pixels.reshape(height, width, channels).astype(np.float32) / maxval
