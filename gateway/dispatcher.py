@@ -71,6 +71,17 @@ def _connection_down(nc: Client) -> Unavailable | None:
     return Unavailable("the gateway's NATS connection is down (reconnecting); retry shortly")
 
 
+async def _publish_again(nc: Client, inbox_prefix: str, token: str, held: Held) -> None:
+    """Publish a request a silent batcher held once more, as it was first sent (same reply subject, so
+    whichever final response comes first is the one the requester gets)."""
+    await nc.publish(
+        held.subject,
+        held.data,
+        reply=f"{inbox_prefix}.{token}",
+        headers={custody.ACK_HEADER: custody.ack_subject(inbox_prefix)},
+    )
+
+
 def _orphan_error(held: Held, timeout_s: float, model: str) -> Unavailable:
     why = (
         "it was already sent again once"
@@ -243,12 +254,7 @@ class ReplyInbox:
     async def _resend(self, token: str, held: Held, future: asyncio.Future[Msg]) -> None:
         log.warning("the batcher holding request %s went silent; publishing it again", token)
         try:
-            await self._nc.publish(
-                held.subject,
-                held.data,
-                reply=f"{self._prefix}.{token}",
-                headers={custody.ACK_HEADER: custody.ack_subject(self._prefix)},
-            )
+            await _publish_again(self._nc, self._prefix, token, held)
         except Exception as exc:
             if not future.done():
                 future.set_exception(Unavailable(f"cannot send the request into the mesh again: {exc}"))
@@ -361,12 +367,7 @@ class StreamInbox:
     async def _resend(self, token: str, held: Held) -> None:
         log.warning("the batcher holding stream request %s went silent; publishing it again", token)
         try:
-            await self._nc.publish(
-                held.subject,
-                held.data,
-                reply=f"{self._prefix}.{token}",
-                headers={custody.ACK_HEADER: custody.ack_subject(self._prefix)},
-            )
+            await _publish_again(self._nc, self._prefix, token, held)
         except Exception as exc:
             self._fail(token, Unavailable(f"cannot send the request into the mesh again: {exc}"))
 

@@ -19,6 +19,7 @@ from typing import Any
 from meshserve import __version__
 from meshserve.logs import setup_logging
 from meshserve.messaging import configure_nats
+from meshserve.model_config import AUTO_COMPLETE_OFF_ENV
 from meshserve.security_cli import add_gateway_security_flags, add_nats_flags, gateway_security, nats_options
 from meshserve.settings import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -55,6 +56,21 @@ def _add_common(p: argparse.ArgumentParser, nats_required: bool) -> None:
         default=env_default("log_dir", ""),
         help="directory where clients may name a log_file / trace_file (LogSettings, TraceSetting); "
         "without it they cannot name files (docs/tracing.md)",
+    )
+    p.add_argument(
+        "--disable-auto-complete-config",
+        action="store_true",
+        default=_bool(env_default("disable_auto_complete_config", "false")),
+        help="no backend completes a config from its model file (Triton's flag); a config must list "
+        "its inputs and outputs",
+    )
+    p.add_argument(
+        "--strict-model-config",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="Triton's older spelling: --strict-model-config=true is --disable-auto-complete-config",
     )
     p.add_argument(
         "--log-verbose",
@@ -326,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not log_dir.is_dir():
             build_parser().error(f"--log-dir {args.log_dir}: not a directory")
         os.environ["MESHSERVE_LOG_DIR"] = str(log_dir)
+    if args.disable_auto_complete_config or args.strict_model_config:
+        os.environ[AUTO_COMPLETE_OFF_ENV] = "true"  # workers read it; the launcher's children inherit it
     configure_nats(nats_options(args))
     if args.command != "up":  # each service process traces its own hop (MESHSERVE_TRACING; off by default)
         from meshserve import tracing

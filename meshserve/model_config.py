@@ -14,6 +14,7 @@ file itself: the core does not import onnx, onnxruntime or tensorflow.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,8 +27,10 @@ from meshserve.errors import InvalidArgument
 from meshserve.pb import model_config_pb2 as mc
 
 __all__ = [
+    "AUTO_COMPLETE_OFF_ENV",
     "CONFIG_FILENAME",
     "ConfigError",
+    "auto_complete_disabled",
     "complete_config",
     "config_from_bytes",
     "config_to_json",
@@ -144,6 +147,17 @@ def _config_from_model_file(model_dir: Path) -> mc.ModelConfig | None:
                     name=model_dir.name, backend=backend, platform=_BACKEND_TO_PLATFORM[backend]
                 )
     return None
+
+
+AUTO_COMPLETE_OFF_ENV = "MESHSERVE_DISABLE_AUTO_COMPLETE_CONFIG"
+"""Set (to true) by ``--disable-auto-complete-config`` / ``--strict-model-config=true``; every process
+``meshserve up`` starts inherits it, and workers read it before they load."""
+
+
+def auto_complete_disabled() -> bool:
+    """Triton's ``--disable-auto-complete-config``: no backend completes a config (``auto_complete_config``
+    of python models is not called either); a config that lists no inputs or outputs cannot load."""
+    return os.environ.get(AUTO_COMPLETE_OFF_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def needs_auto_complete(config: mc.ModelConfig) -> bool:

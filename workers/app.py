@@ -16,7 +16,15 @@ from meshserve.errors import MeshError
 from meshserve.lifecycle import close_nats, install_stop_signals
 from meshserve.logs import announce_ready
 from meshserve.messaging import NatsEvents, connect_service
-from meshserve.model_config import complete_config, config_from_bytes, config_to_json, load_config
+from meshserve.model_config import (
+    ConfigError,
+    auto_complete_disabled,
+    complete_config,
+    config_from_bytes,
+    config_to_json,
+    load_config,
+    needs_auto_complete,
+)
 from meshserve.netaddr import advertised_host
 from meshserve.pb import mesh_pb2
 from meshserve.pb import model_config_pb2 as mc
@@ -95,7 +103,13 @@ async def _load(
         announcer.message.platform = config.platform or config.backend
         backend = create_backend(config.backend)
         ctx = _load_context(settings, model_dir, config)
-        if isinstance(backend, ConfigCompleter):
+        if isinstance(backend, ConfigCompleter) and auto_complete_disabled():
+            if needs_auto_complete(config):
+                raise ConfigError(
+                    f"{model_dir}: the config lists no inputs or no outputs, and auto-complete is off "
+                    "(--disable-auto-complete-config / --strict-model-config=true): list them in config.pbtxt"
+                )
+        elif isinstance(backend, ConfigCompleter):
             # Before the config is announced: gateways and batchers only ever see the completed one.
             await loop.run_in_executor(compute, backend.auto_complete_config, ctx)
             complete_config(config, settings.model_name, f"{model_dir} (auto-completed)")
