@@ -109,20 +109,21 @@ def _descending_key(row: np.ndarray) -> np.ndarray:
     return key
 
 
-def read_labels(model_dir: Path, filename: str) -> tuple[str, ...]:
-    """The labels of one output: ``filename`` inside ``model_dir`` only, at most
-    :data:`MAX_LABEL_FILE_BYTES` bytes, one label per line."""
+def read_labels(model_dir: Path, filename: str, max_bytes: int = MAX_LABEL_FILE_BYTES) -> tuple[str, ...]:
+    """The labels of one output: ``filename`` inside ``model_dir`` only, at most ``max_bytes`` bytes
+    (``--max-label-file-bytes``), one label per line."""
     root = model_dir.resolve()
     path = (root / filename).resolve()
     if not path.is_relative_to(root) or path == root:
         raise InvalidArgument(f"label_filename '{filename}' must name a file inside the model directory")
     try:
         size = path.stat().st_size
-        if size > MAX_LABEL_FILE_BYTES:
+        if size > max_bytes:
             raise InvalidArgument(
-                f"label file '{filename}' holds {size} bytes, more than the {MAX_LABEL_FILE_BYTES} allowed"
+                f"label file '{filename}' holds {size} bytes, more than the {max_bytes} allowed "
+                "(--max-label-file-bytes)"
             )
-        text = path.read_bytes()[:MAX_LABEL_FILE_BYTES].decode("utf-8", errors="replace")
+        text = path.read_bytes()[:max_bytes].decode("utf-8", errors="replace")
     except OSError as exc:
         raise InvalidArgument(f"cannot read label file '{filename}': {exc.strerror or exc}") from None
     lines = text.split("\n")
@@ -136,6 +137,7 @@ class LabelCache:
     """Labels per (model, version, output), read once per model config (a reload re-reads them)."""
 
     repository: Path | None
+    max_bytes: int = MAX_LABEL_FILE_BYTES
     _entries: dict[tuple[str, int, str], tuple[mc.ModelConfig, tuple[str, ...]]] = field(default_factory=dict)
 
     def labels(self, model: str, version: int, config: mc.ModelConfig, output: str) -> tuple[str, ...]:
@@ -147,6 +149,6 @@ class LabelCache:
         filename = next((o.label_filename for o in config.output if o.name == output), "")
         labels: tuple[str, ...] = ()
         if filename and self.repository is not None:
-            labels = read_labels(self.repository / model, filename)
+            labels = read_labels(self.repository / model, filename, self.max_bytes)
         self._entries[key] = (config, labels)
         return labels

@@ -74,7 +74,7 @@ class InferenceCore:
         """Register / unregister here and on the peer gateways (attached by the gateway process)."""
         self.runtime: RuntimeSettings | None = None
         """Set by the gateway process: TraceSetting / LogSettings (``gateway/runtime_settings.py``)."""
-        self.labels = LabelCache(settings.model_repository)
+        self.labels = LabelCache(settings.model_repository, settings.request_limits.max_label_file_bytes)
         """Outputs' ``label_filename`` files, for the classification extension."""
 
     async def infer(

@@ -56,6 +56,9 @@ class RequestLimits:
     max_shm_regions: int = 64
     """System shared memory regions registered with one gateway at once; 0 turns the shared-memory
     extension off (``--max-shm-regions``, docs/shared-memory.md)."""
+    max_label_file_bytes: int = 4 * 1024 * 1024
+    """Size of one output's ``label_filename`` file, read for the classification extension
+    (``--max-label-file-bytes``, docs/classification.md)."""
 
 
 @dataclass(frozen=True, slots=True)

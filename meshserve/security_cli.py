@@ -38,6 +38,7 @@ _LIMIT_HELP: dict[str, str] = {
     "grpc_max_concurrent_streams": "concurrent calls per gRPC connection (more wait in the client)",
     "grpc_stream_inflight": "requests in flight per ModelStreamInfer stream (more wait unread)",
     "max_shm_regions": "system shared memory regions registered at once (0 = extension off)",
+    "max_label_file_bytes": "bytes of one output's label_filename file (classification extension)",
 }
 
 # RequestLimits field → flag (the table in docs/security.md follows this order)
@@ -53,6 +54,7 @@ _LIMIT_FLAGS: dict[str, str] = {
     "grpc_max_concurrent_streams": "--grpc-max-concurrent-streams",
     "grpc_stream_inflight": "--grpc-stream-inflight",
     "max_shm_regions": "--max-shm-regions",
+    "max_label_file_bytes": "--max-label-file-bytes",
 }
 
 

@@ -113,6 +113,15 @@ def test_read_labels_bounded_and_missing(tmp_path: Path) -> None:
         read_labels(tmp_path, "absent.txt")
 
 
+def test_the_label_file_bound_is_the_configured_one(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "labels.txt").write_text("alpha\nbeta\n")  # 11 bytes
+    config = mc.ModelConfig(name="m", output=[mc.ModelOutput(name="OUT", label_filename="labels.txt")])
+    assert LabelCache(tmp_path, max_bytes=11).labels("m", 1, config, "OUT") == ("alpha", "beta")
+    with pytest.raises(InvalidArgument, match=r"more than the 10 allowed \(--max-label-file-bytes\)"):
+        LabelCache(tmp_path, max_bytes=10).labels("m", 1, config, "OUT")
+
+
 def test_label_cache_reads_once_per_config(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     labels = tmp_path / "m" / "labels.txt"
