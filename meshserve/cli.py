@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="poll mode: seconds between looks at the repository (default %(default)s)",
     )
     up.add_argument(
+        "--model-load-thread-count",
+        type=int,
+        default=int(env_default("model_load_thread_count", "4")),
+        help="explicit/poll modes: models loading at once (Triton's flag; more wait their turn) "
+        "(default %(default)s)",
+    )
+    up.add_argument(
         "--load-model",
         action="append",
         default=[],
@@ -353,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from meshserve.launcher import run_up
 
+        if args.model_load_thread_count < 1:
+            build_parser().error("--model-load-thread-count must be >= 1")
         if args.model_control_mode == "poll" and not args.repository_poll_secs > 0:
             build_parser().error("--model-control-mode poll needs --repository-poll-secs > 0")
 
@@ -365,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model_control_mode=args.model_control_mode,
                 load_models=tuple(args.load_model),
                 repository_poll_s=args.repository_poll_secs,
+                model_load_threads=args.model_load_thread_count,
                 nats_url=args.nats_url,
                 nats_port=args.nats_port,
                 nats_server_binary=args.nats_server,

@@ -85,8 +85,12 @@ class Controller:
         mode: str = "explicit",
         poll_interval_s: float = 15.0,
         states: ModelStateStore | None = None,
+        load_threads: int = 4,
     ) -> None:
         self._owner = owner
+        self._load_slots = asyncio.Semaphore(max(1, load_threads))
+        """Loads that start workers at once (``--model-load-thread-count``); the rest wait their turn,
+        each within its caller's deadline."""
         self._nats_url = nats_url
         self._mode = mode
         self._poll_interval_s = poll_interval_s
@@ -278,7 +282,8 @@ class Controller:
         if before is None:  # a reload keeps serving: it stays READY throughout
             await self._record(name, versions, "LOADING")
         try:
-            readies = await self._owner.start_model(name, root)
+            async with self._load_slots:
+                readies = await self._owner.start_model(name, root)
         except MeshError as exc:
             if entry is not None:  # still not loaded
                 self._unloaded[name] = entry

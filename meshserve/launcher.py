@@ -247,7 +247,7 @@ class Launcher:
                     await self._states.put_versions(e.name, e.versions, "READY")
         if s.model_control_mode in ("explicit", "poll"):
             self._controller = Controller(
-                self, nats_url, s.model_control_mode, s.repository_poll_s, self._states
+                self, nats_url, s.model_control_mode, s.repository_poll_s, self._states, s.model_load_threads
             )
             await self._controller.start(
                 [e for e in wanted if not e.error],

@@ -152,6 +152,9 @@ class UpSettings:
     ``poll`` (load everything, then follow the repository's changes)."""
     repository_poll_s: float = 15.0
     """Poll mode: seconds between two looks at the repository (``--repository-poll-secs``)."""
+    model_load_threads: int = 4
+    """Explicit/poll modes: model loads that run at once (``--model-load-thread-count``, Triton's
+    default 4); at start every model's workers start together."""
     load_models: tuple[str, ...] = ()
     """``--load-model`` names loaded at start in explicit mode (``*`` = all)."""
     gateways: int = 1

@@ -209,3 +209,32 @@ def test_loads_of_one_model_stay_one_at_a_time(tmp_path: Path) -> None:
     assert owner.events.count("start a") == 2  # once as a step (not loaded yet), once asked for
     assert owner.events.count("start b") == 1  # a step loaded once, not once per ensemble load
     assert owner.events.count("start pipe") == 2
+
+
+def _loads_at_once(tmp_path: Path, names: list[str], threads: int) -> tuple[int, GatedOwner]:
+    """Start a load of every model at once, each held at its gate; how many reached the owner."""
+    owner = GatedOwner(tmp_path, dict.fromkeys(names, PLAIN))
+    gate = asyncio.Event()
+    for name in names:
+        owner.gates[name] = gate
+    controller = Controller(owner, "nats://unused", "explicit", load_threads=threads)  # type: ignore[arg-type]
+    controller._nc = FakeNats()  # type: ignore[assignment]
+
+    async def scenario() -> int:
+        loads = [asyncio.create_task(controller._load(name)) for name in names]
+        await asyncio.sleep(0.05)  # every load has reached the owner or waits for a slot
+        at_once = sum(owner.running_now.values())
+        gate.set()
+        async with asyncio.timeout(5):
+            await asyncio.gather(*loads)
+        return at_once
+
+    return asyncio.run(scenario()), owner
+
+
+def test_no_more_loads_at_once_than_the_load_thread_count(tmp_path: Path) -> None:
+    names = [f"m{i}" for i in range(6)]
+    for threads, expected in ((2, 2), (6, 6)):
+        at_once, owner = _loads_at_once(tmp_path, names, threads)
+        assert at_once == expected, threads
+        assert sorted(owner.running) == names  # the ones that waited loaded too
