@@ -222,8 +222,8 @@ class InferenceCore:
                     else self._dispatcher.stream(prepared.message, timeout_s)
                 )
                 async for response in responses:
-                    if response.HasField("timing") and timing is None:
-                        timing = response.timing
+                    if response.HasField("timing"):
+                        timing = _stream_timing(timing, response.timing)
                     if response.HasField("error"):
                         raise from_wire(response.error.code, response.error.message)
                     self._classify(view, call, response)
@@ -326,3 +326,15 @@ class InferenceCore:
 def _preserves_ordering(view: ModelView) -> bool:
     config = view.config
     return config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering
+
+
+def _stream_timing(first: mesh_pb2.Timing | None, latest: mesh_pb2.Timing) -> mesh_pb2.Timing:
+    """A stream's statistics: the first response's timing (queue, compute_input, the execution it
+    counts), with the compute_infer of the latest one (a decoupled model's responses carry the time since
+    its execute began, so the final one's is the request's whole compute)."""
+    if first is None:
+        merged = mesh_pb2.Timing()
+        merged.CopyFrom(latest)
+        return merged
+    first.compute_infer_ns = max(first.compute_infer_ns, latest.compute_infer_ns)
+    return first

@@ -125,11 +125,16 @@ class BatchExecutor:
         ``execute`` runs or after it returns; the batch is done when ``execute`` returns."""
         loop = asyncio.get_running_loop()
         first_emit = [True]
+        execute_start_ns = [0]
+        """When ``execute`` began (0: not yet): each response says how long after that it left, so the
+        final one carries the request's compute_infer (Triton counts the whole execute)."""
 
         def stamp(slot: _Slot, response: mesh_pb2.InferResponse) -> None:
             response.timing.queue_ns = slot.item.queue_ns
             response.timing.transfer_ns = _transfer_ns(slot.item, start_unix_ns)
             response.timing.compute_input_ns = input_ns
+            if execute_start_ns[0]:
+                response.timing.compute_infer_ns = time.perf_counter_ns() - execute_start_ns[0]
             response.timing.counts_execution = first_emit[0]
             first_emit[0] = False
 
@@ -157,6 +162,7 @@ class BatchExecutor:
                 slot.request.is_cancelled = functools.partial(self.cancels.__contains__, slot.item.reply_to)
                 executed.append(slot)
         if executed:
+            execute_start_ns[0] = time.perf_counter_ns()
             results = await self._execute_decoupled([slot.request for slot in executed if slot.request])
             if tracing.enabled():
                 for slot in executed:

@@ -144,3 +144,26 @@ def test_a_bad_parameter_gets_an_in_band_error_and_the_stream_goes_on(mesh: Mesh
     by_id = {r.infer_response.id: r for r in responses}
     assert by_id["r1"].error_message == "" and by_id["r2"].error_message == ""
     assert np.frombuffer(by_id["r2"].infer_response.raw_output_contents[0], np.int32)[0] == 2
+
+
+def _compute_infer(mesh: Mesh) -> tuple[int, int]:
+    stats = grpcclient.InferenceServerClient(mesh.grpc_url).get_inference_statistics(
+        "repeat_int32", as_json=True
+    )
+    infer = stats["model_stats"][0]["inference_stats"].get("compute_infer", {})
+    return int(infer.get("count", 0)), int(infer.get("ns", 0))
+
+
+def test_a_decoupled_requests_compute_infer_is_its_whole_execute(mesh: Mesh, stream_client) -> None:  # type: ignore[no-untyped-def]
+    count_before, ns_before = _compute_infer(mesh)
+    # three responses 80 ms apart, the final flag 40 ms after the last: execute runs >= 280 ms
+    stream_client.async_stream_infer(
+        "repeat_int32", repeat_inputs([1, 2, 3], delay_ms=80, wait_ms=40), enable_empty_final_response=True
+    )
+    collect(stream_client, 4)
+    deadline = time.monotonic() + 10
+    while _compute_infer(mesh)[0] == count_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    count_after, ns_after = _compute_infer(mesh)
+    assert count_after == count_before + 1
+    assert ns_after - ns_before >= 270_000_000, (ns_after - ns_before) / 1e6
